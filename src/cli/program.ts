@@ -1,0 +1,122 @@
+// The `ferry` command line (commander). Each action returns an exit code; errors become a message
+// on stderr and a documented exit code (docs/cli.md).
+import { Command, Option } from 'commander';
+import { createContext, CliError, EXIT, type CliContext } from './context.js';
+import * as mig from './migrate-commands.js';
+import * as inv from './inventory-commands.js';
+
+export function buildProgram(): { program: Command; ctx: CliContext; result: { code: number } } {
+  const program = new Command('ferry');
+  const result = { code: EXIT.ok as number };
+  const ctx = createContext(() => program.opts().config as string | undefined);
+  const run =
+    <A extends unknown[]>(fn: (...args: A) => Promise<number>) =>
+    async (...args: A) => {
+      result.code = await fn(...args);
+    };
+
+  program
+    .description('Live-migrate virtual machines with their local disks between Xen or KVM hosts')
+    .option('-c, --config <file>', 'config file (default: $FERRY_CONFIG, else /etc/ferry/ferry.yaml if present)')
+    .showHelpAfterError()
+    .configureOutput({ outputError: (s, write) => write(s) });
+
+  program
+    .command('migrate')
+    .description('live-migrate an instance, with its disk, to another node')
+    .argument('<instance>', 'instance id')
+    .requiredOption('--to <node>', 'destination node')
+    .option('--wait', 'wait for the end, with a progress bar (default)')
+    .option('--detach', 'start the migration and return at once')
+    .option('--json', 'print JSON instead of text')
+    .option('--codec <codec>', 'disk codec: lzo (default) or none')
+    .option('--chunk-size <size>', 'disk chunk size, e.g. 1MiB')
+    .option('--bandwidth <rate>', 'cap for disk and memory streams, e.g. 100Mbit; 0 = none')
+    .option('--downtime <duration>', 'downtime budget, e.g. 2s (at most 20s)')
+    .option('--max-rounds <n>', 'dirty rounds before giving up')
+    .option('--no-tls', 'plain TCP disk stream (lab use only)')
+    .option('--verify', 'hash both disks while paused, before the point of no return')
+    .action(run((instance: string, flags: mig.MigrateFlags) => mig.migrate(ctx, instance, flags)));
+
+  program
+    .command('status')
+    .description('show the phase and progress of a migration')
+    .argument('<id>', 'instance id or workflow id (migrate-<instance>)')
+    .option('--json', 'print JSON')
+    .action(run((id: string, f: { json?: boolean }) => mig.status(ctx, id, f)));
+
+  program
+    .command('cancel')
+    .description('cancel a migration: rolls back before the point of no return, refused after it')
+    .argument('<id>', 'instance id or workflow id')
+    .option('--reason <text>', 'recorded in the migration log')
+    .option('--json', 'print JSON')
+    .action(run((id: string, f: { reason?: string; json?: boolean }) => mig.cancel(ctx, id, f)));
+
+  program
+    .command('list')
+    .description('list migrations (running and recent)')
+    .option('--json', 'print a JSON array')
+    .option('--limit <n>', 'at most n rows', '50')
+    .action(run((f: { json?: boolean; limit?: string }) => mig.list(ctx, f)));
+
+  program
+    .command('history')
+    .description("export a migration's Temporal event history as JSON")
+    .argument('<id>', 'instance id or workflow id')
+    .option('-o, --out <file>', 'write to a file instead of stdout')
+    .action(run((id: string, f: { out?: string }) => mig.history(ctx, id, f)));
+
+  program
+    .command('replay')
+    .description('replay an exported history against the current workflow code (catches non-determinism)')
+    .argument('<file>', 'history JSON from `ferry history`')
+    .action(run((file: string) => mig.replay(file)));
+
+  inv.addInventoryCommands(program, ctx, run);
+
+  program
+    .command('worker')
+    .description('run a worker: the controller (workflows, inventory) or a node worker (hypervisor, disks)')
+    .addOption(new Option('--controller', 'run the controller worker (queue ferry-control)').conflicts('node'))
+    .option('--node <name>', 'run the node worker of this host (queue ferry-node-<name>)')
+    .action(
+      run(async (f: { controller?: boolean; node?: string }) => {
+        if (!f.controller && !f.node) throw new CliError('worker: pass --controller or --node NAME', EXIT.usage);
+        const cfg = ctx.config();
+        if (f.controller) {
+          const { createControllerWorker } = await import('../workers/controller.js');
+          await (await createControllerWorker(cfg)).run();
+        } else {
+          const { createNodeWorker } = await import('../workers/node.js');
+          cfg.node = { ...cfg.node, name: f.node! } as typeof cfg.node;
+          await (await createNodeWorker(cfg)).run();
+        }
+        return EXIT.ok;
+      }),
+    );
+
+  return { program, ctx, result };
+}
+
+/** Runs the CLI and returns the exit code; never throws. */
+export async function main(argv: string[]): Promise<number> {
+  const { program, ctx, result } = buildProgram();
+  program.exitOverride();
+  try {
+    await program.parseAsync(argv);
+    return result.code;
+  } catch (err) {
+    const e = err as { code?: string; exitCode?: number; message?: string };
+    if (e.code === 'commander.helpDisplayed' || e.code === 'commander.version' || e.code === 'commander.help') return EXIT.ok;
+    if (e.code?.startsWith('commander.')) return EXIT.usage;
+    if (err instanceof CliError) {
+      process.stderr.write(`ferry: ${err.message}\n`);
+      return err.exitCode;
+    }
+    process.stderr.write(`ferry: ${e.message ?? String(err)}\n`);
+    return EXIT.failed;
+  } finally {
+    await ctx.close().catch(() => undefined);
+  }
+}

@@ -1,0 +1,120 @@
+// The shape of ferry.yaml, with defaults, limits and unit parsing. Unknown keys are refused so a
+// typo ("adress") is an error instead of a silently ignored setting.
+import { z } from 'zod';
+import { CODECS } from '../dataplane/types.js';
+import { ID_PATTERN } from '../shared/names.js';
+import { parseBandwidth, parseDuration, parseSize } from './units.js';
+
+/** The paper's dead zone was 20-24 s; Ferry never lets the guest stay paused that long. */
+export const MAX_DOWNTIME_MS = 20_000;
+
+const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
+export type LogLevel = (typeof LOG_LEVELS)[number];
+
+/** A string-or-number field run through one of the unit parsers; its error becomes the issue. */
+function unit(parse: (v: string | number) => number) {
+  return z.union([z.string(), z.number()]).transform((v, ctx) => {
+    try {
+      return parse(v);
+    } catch (err) {
+      ctx.addIssue({ code: 'custom', message: (err as Error).message });
+      return z.NEVER;
+    }
+  });
+}
+
+const pathString = z.string().min(1).refine((p) => !p.includes('\0'), 'must not contain NUL');
+const address = z
+  .string()
+  .min(1)
+  .regex(/^[\x21-\x7e]+$/, 'must be printable ASCII without spaces');
+
+const tlsSchema = z
+  .strictObject({
+    serverName: z.string().min(1).optional(),
+    caFile: pathString.optional(),
+    certFile: pathString.optional(),
+    keyFile: pathString.optional(),
+  })
+  .refine((t) => (t.certFile === undefined) === (t.keyFile === undefined), {
+    message: 'certFile and keyFile go together: set both or neither',
+  });
+
+const temporalSchema = z.strictObject({
+  address: address.default('127.0.0.1:7233'),
+  namespace: z.string().min(1).max(255).default('default'),
+  tls: tlsSchema.optional(),
+});
+
+const inventorySchema = z.strictObject({
+  path: pathString.default('/var/lib/ferry/inventory.db'),
+});
+
+// Every node key is optional here: `ferry worker --node NAME` may supply the name, and the
+// controller has no node at all. `requireNodeConfig` says what is missing when a node needs it.
+const nodeSchema = z
+  .strictObject({
+    name: z
+      .string()
+      .regex(ID_PATTERN, 'must be 1-63 characters of a-z, 0-9 and "-", starting with a letter or digit')
+      .optional(),
+    hypervisor: z.enum(['qemu', 'xen']).optional(),
+    dataAddress: address.optional(),
+    stateDir: pathString.optional(),
+  })
+  .transform((n) => ({
+    ...n,
+    stateDir: n.stateDir ?? (n.name !== undefined ? `/var/lib/ferry/nodes/${n.name}` : undefined),
+  }));
+
+const defaultsSchema = z.strictObject({
+  codec: z.enum(CODECS as readonly ['lzo', 'none']).default('lzo'),
+  chunkSize: unit(parseSize)
+    .prefault('1MiB')
+    .refine((n) => n >= 4096 && n <= 64 * 2 ** 20 && n % 4096 === 0, 'must be a multiple of 4KiB between 4KiB and 64MiB'),
+  bandwidth: unit(parseBandwidth).prefault(0),
+  downtime: unit(parseDuration)
+    .prefault('2s')
+    .refine((n) => n > 0, 'must be more than 0')
+    .refine((n) => n <= MAX_DOWNTIME_MS, 'must be at most 20s (the guest never stays paused longer)'),
+  maxRounds: z.number().int().min(1).max(1000).default(8),
+  roundTimeout: unit(parseDuration)
+    .prefault('10m')
+    .refine((n) => n > 0, 'must be more than 0'),
+});
+
+const logSchema = z.strictObject({
+  level: z.enum(LOG_LEVELS).default('info'),
+});
+
+export const configFileSchema = z
+  .strictObject({
+    temporal: temporalSchema.prefault({}),
+    inventory: inventorySchema.prefault({}),
+    node: nodeSchema.optional(),
+    defaults: defaultsSchema.prefault({}),
+    log: logSchema.prefault({}),
+  })
+  .transform((c) => ({
+    temporal: c.temporal,
+    inventory: c.inventory,
+    node: c.node,
+    // Parsed into numbers: chunkSize in bytes, the others carry their unit in their name.
+    defaults: {
+      codec: c.defaults.codec,
+      chunkSize: c.defaults.chunkSize,
+      bandwidthBytesPerSec: c.defaults.bandwidth,
+      downtimeMs: c.defaults.downtime,
+      maxRounds: c.defaults.maxRounds,
+      roundTimeoutMs: c.defaults.roundTimeout,
+    },
+    log: c.log,
+  }));
+
+/** The validated configuration. Sizes are bytes, rates bytes/s (0 = unlimited), durations ms. */
+export type FerryConfig = z.output<typeof configFileSchema> & {
+  /** The file it was read from, if any. */
+  file?: string;
+};
+
+export type NodeConfig = NonNullable<FerryConfig['node']>;

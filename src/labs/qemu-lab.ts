@@ -1,0 +1,244 @@
+// The two-host QEMU lab: network namespaces `ferry-a`/`ferry-b` joined by a shapeable migration
+// link, a Temporal dev server, an inventory, the controller worker and a node worker inside each
+// namespace, and guests booted on the hosts. Used by the demo, the end-to-end tests and the
+// benchmarks, so all three exercise the same deployment.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createWriteStream, existsSync } from 'node:fs';
+import { mkdir, rm, writeFile, truncate, open } from 'node:fs/promises';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { stringify } from 'yaml';
+import type { Client } from '@temporalio/client';
+import { ensureLabNetwork, labNodes as labNodeMap, runInNamespace, shapeMigrationLink, LAB_CONTROL_ADDRESS as LAB_TEMPORAL_IP } from './lab-network.js';
+
+const labNodes = Object.values(labNodeMap);
+import { startDevServer } from './temporal-dev.js';
+import { ensureGuestImage, guestAppend } from './guest-image.js';
+import { openInventory, type Inventory } from '../inventory/index.js';
+import { loadConfig } from '../config/index.js';
+import { connectClient } from '../workers/connection.js';
+import type { InstanceSpec } from '../drivers/driver.js';
+
+const MiB = 1024 * 1024;
+const repoRoot = fileURLToPath(new URL('../..', import.meta.url));
+
+/** How to run the `ferry` CLI: the built one when running from dist, else the sources through tsx. */
+function ferryCommand(): string[] {
+  if (import.meta.url.endsWith('.js')) return [process.execPath, join(repoRoot, 'dist/cli/ferry.js')];
+  return [process.execPath, '--import', 'tsx', join(repoRoot, 'src/cli/ferry.ts')];
+}
+
+function nodeScript(name: string): string[] {
+  if (import.meta.url.endsWith('.js')) return [process.execPath, join(repoRoot, `dist/labs/${name}.js`)];
+  return [process.execPath, '--import', 'tsx', join(repoRoot, `src/labs/${name}.ts`)];
+}
+
+export interface LabOptions {
+  dir?: string;
+  /** Shape the migration link (Mbit/s); undefined = unshaped. */
+  linkMbit?: number;
+  temporalPort?: number;
+  log?: (line: string) => void;
+}
+
+export interface GuestOptions {
+  id: string;
+  node?: string;
+  memoryMiB?: number;
+  diskMiB?: number;
+  /** Records per second the workload writes. */
+  rate?: number;
+  /** Heavy writer: KiB per write and the region (MiB) it rotates through. */
+  burstKiB?: number;
+  spanMiB?: number;
+  servicePort?: number;
+  /** Fill the disk with an ext4 file system built from this directory (real content). */
+  contentDir?: string;
+}
+
+export type Lab = Awaited<ReturnType<typeof startQemuLab>>;
+
+export async function startQemuLab(opts: LabOptions = {}) {
+  const dir = opts.dir ?? '/var/tmp/ferry-lab';
+  const log = opts.log ?? (() => undefined);
+  await mkdir(join(dir, 'logs'), { recursive: true });
+
+  log('lab network: namespaces ferry-a, ferry-b and the migration link');
+  await ensureLabNetwork();
+  await shapeMigrationLink(opts.linkMbit ?? null);
+
+  log('guest image: Debian kernel + busybox initramfs');
+  const image = await ensureGuestImage(join(repoRoot, '.cache/guest'));
+
+  const port = opts.temporalPort ?? 7233;
+  log(`temporal dev server on ${LAB_TEMPORAL_IP}:${port} (web UI http://127.0.0.1:8233)`);
+  const temporal = await startDevServer({ ip: LAB_TEMPORAL_IP, port, dbFile: join(dir, 'temporal.db'), logFile: join(dir, 'logs/temporal.log') });
+
+  // A lab starts from an empty inventory: the instances of an earlier run are gone with its QEMUs.
+  const inventoryPath = join(dir, 'inventory.db');
+  for (const f of ['', '-wal', '-shm']) await rm(inventoryPath + f, { force: true });
+  const configPath = join(dir, 'ferry.yaml');
+  await writeFile(
+    configPath,
+    stringify({
+      temporal: { address: temporal.address, namespace: 'default' },
+      inventory: { path: inventoryPath },
+      log: { level: 'info' },
+    }),
+  );
+  const inventory: Inventory = openInventory(inventoryPath);
+  for (const n of labNodes) {
+    if (!inventory.findNode(n.name)) {
+      inventory.addNode({
+        name: n.name,
+        hypervisor: 'qemu',
+        controlAddress: n.mgmtAddress,
+        dataAddress: n.dataAddress,
+        capacity: { vcpus: 8, memoryMiB: 4096, diskBytes: 64 * 1024 * MiB },
+      });
+    }
+  }
+
+  const cfg = loadConfig({ file: configPath, env: {} });
+  const client: Client = await connectClient(cfg);
+
+  const workers = new Map<string, ChildProcess>();
+  const nodeStateDir = (node: string) => join(dir, 'nodes', node);
+
+  function startWorker(key: string, args: string[], ns?: string, env: Record<string, string> = {}) {
+    const [cmd, ...rest] = ferryCommand();
+    const logFile = createWriteStream(join(dir, 'logs', `worker-${key}.log`), { flags: 'a' });
+    const fullEnv = { ...process.env, FERRY_CONFIG: configPath, ...env };
+    const child = ns
+      ? runInNamespace(ns, cmd!, [...rest, ...args], { env: fullEnv, stdio: ['ignore', 'pipe', 'pipe'] })
+      : spawn(cmd!, [...rest, ...args], { env: fullEnv, stdio: ['ignore', 'pipe', 'pipe'] });
+    child.stdout?.pipe(logFile);
+    child.stderr?.pipe(logFile);
+    workers.set(key, child);
+    return child;
+  }
+
+  async function stopWorker(key: string, signal: NodeJS.Signals = 'SIGTERM') {
+    const child = workers.get(key);
+    if (!child || child.exitCode !== null) return;
+    workers.delete(key);
+    const exited = new Promise((r) => child.once('exit', r));
+    child.kill(signal);
+    await Promise.race([exited, new Promise((r) => setTimeout(r, 15_000))]);
+    if (child.exitCode === null) child.kill('SIGKILL');
+  }
+
+  const lab = {
+    dir,
+    temporal,
+    client,
+    inventory,
+    configPath,
+    nodes: labNodes,
+    image,
+    nodeStateDir,
+
+    startController() {
+      return startWorker('controller', ['worker', '--controller']);
+    },
+    startNodeWorker(name: string) {
+      const n = labNodes.find((x) => x.name === name);
+      if (!n) throw new Error(`no lab node ${name}`);
+      return startWorker(name, ['worker', '--node', name], n.netns, {
+        FERRY_NODE: name,
+        FERRY_DATA_ADDRESS: n.dataAddress,
+        FERRY_STATE_DIR: nodeStateDir(name),
+      });
+    },
+    async startWorkers() {
+      lab.startController();
+      for (const n of labNodes) lab.startNodeWorker(n.name);
+      await waitForPollers(client, ['ferry-control', ...labNodes.map((n) => `ferry-node-${n.name}`)]);
+    },
+    /** Kills a worker the hard way (SIGKILL), as a crash would. */
+    killWorker(name: string) {
+      return stopWorker(name, 'SIGKILL');
+    },
+    stopWorker,
+
+    /** Creates a disk, boots the guest on its node and registers it in the inventory. */
+    async bootGuest(g: GuestOptions): Promise<InstanceSpec> {
+      const nodeName = g.node ?? labNodes[0]!.name;
+      const n = labNodes.find((x) => x.name === nodeName)!;
+      const diskBytes = (g.diskMiB ?? 64) * MiB;
+      const stateDir = nodeStateDir(nodeName);
+      const diskPath = join(stateDir, 'disks', `${g.id}.raw`);
+      await mkdir(join(stateDir, 'disks'), { recursive: true });
+      await rm(diskPath, { force: true });
+      await makeDisk(diskPath, diskBytes, g.contentDir);
+      // Records go in the last quarter of the disk, the heavy writer just below them.
+      const recbase = Math.floor((diskBytes / MiB) * 0.75);
+      const spec: InstanceSpec = {
+        id: g.id,
+        hypervisor: 'qemu',
+        vcpus: 1,
+        memoryMiB: g.memoryMiB ?? 128,
+        diskBytes,
+        diskPath,
+        boot: {
+          kernel: image.kernel,
+          initrd: image.initrd,
+          append: guestAppend({ rate: g.rate ?? 5, recbase, burst: g.burstKiB, span: g.spanMiB, spanbase: g.spanMiB ? Math.max(1, recbase - g.spanMiB) : undefined }),
+        },
+        servicePort: g.servicePort ?? 17000 + Math.floor(Math.random() * 1000),
+      };
+      const [cmd, ...rest] = nodeScript('boot-guest');
+      await runToEnd(runInNamespace(n.netns, cmd!, [...rest, JSON.stringify(spec)], { env: { ...process.env, FERRY_STATE_DIR: stateDir }, stdio: ['ignore', 'pipe', 'pipe'] }), `boot ${g.id} on ${nodeName}`);
+      inventory.addInstance({ spec, host: nodeName });
+      return spec;
+    },
+
+    /** Where the guest's request port answers from the root namespace, on each node. */
+    serviceAddresses(spec: InstanceSpec) {
+      return labNodes.map((n) => ({ node: n.name, host: n.mgmtAddress, port: spec.servicePort! }));
+    },
+
+    async close() {
+      for (const key of [...workers.keys()]) await stopWorker(key);
+      await client.connection.close().catch(() => undefined);
+      inventory.close();
+      await temporal.stop();
+    },
+  };
+  return lab;
+}
+
+async function makeDisk(path: string, bytes: number, contentDir?: string) {
+  if (contentDir && existsSync(contentDir)) {
+    await truncate(path, bytes).catch(async () => (await open(path, 'w')).close());
+    await truncate(path, bytes);
+    await runToEnd(spawn('mkfs.ext4', ['-q', '-F', '-E', 'root_owner=0:0', '-d', contentDir, path, `${Math.floor(bytes / 1024)}k`], { stdio: ['ignore', 'pipe', 'pipe'] }), 'mkfs.ext4');
+  } else {
+    const fh = await open(path, 'w');
+    await fh.truncate(bytes);
+    await fh.close();
+  }
+}
+
+export function runToEnd(child: ChildProcess, what: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    let out = '';
+    child.stdout?.on('data', (d) => (out += d));
+    child.stderr?.on('data', (d) => (out += d));
+    child.on('error', reject);
+    child.on('exit', (code) => (code === 0 ? resolve(out) : reject(new Error(`${what} failed (exit ${code}): ${out.slice(-2000)}`))));
+  });
+}
+
+/** Waits until every task queue has a poller, so a test never races a worker's start. */
+export async function waitForPollers(client: Client, queues: string[], timeoutMs = 120_000) {
+  const deadline = Date.now() + timeoutMs;
+  for (const q of queues) {
+    for (;;) {
+      const r = await client.workflowService.describeTaskQueue({ namespace: 'default', taskQueue: { name: q }, taskQueueType: q === 'ferry-control' ? 1 : 2 });
+      if ((r.pollers?.length ?? 0) > 0) break;
+      if (Date.now() > deadline) throw new Error(`no worker polls ${q} after ${timeoutMs} ms (see the worker logs)`);
+      await new Promise((r) => setTimeout(r, 500));
+    }
+  }
+}

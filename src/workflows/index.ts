@@ -1,0 +1,1 @@
+export { migrateInstance } from './migrate-instance.js';

@@ -1,0 +1,345 @@
+// The migration protocol: the ten phases of docs/design, each an activity on the worker of the host
+// it touches. Tunables live in src/shared/options.ts; this file is only the order of things, the
+// rollback of each step next to it, and the point of no return.
+//
+// Deterministic code only: no Node built-ins, no I/O; activities are imported as types.
+import {
+  ActivityFailure,
+  ApplicationFailure,
+  CancellationScope,
+  condition,
+  isCancellation,
+  proxyActivities,
+  setHandler,
+  upsertSearchAttributes,
+  workflowInfo,
+  log,
+} from '@temporalio/workflow';
+import type { ControlActivities } from '../activities/control.js';
+import type { NodeActivities } from '../activities/node.js';
+import { CONTROL_TASK_QUEUE, taskQueueForNode, type Phase } from '../shared/names.js';
+import { NON_RETRYABLE, ErrorTypes } from '../shared/errors.js';
+import { withDefaults } from '../shared/options.js';
+import {
+  cancelUpdate,
+  proceedSignal,
+  progressQuery,
+  progressSignal,
+  type MigrateInput,
+  type MigrationProgress,
+  type MigrationResult,
+} from '../shared/messages.js';
+import { SA_DESTINATION, SA_INSTANCE, SA_OUTCOME, SA_PHASE, SA_SOURCE } from '../shared/search-attributes.js';
+import { projectFinalRoundMs } from '../dataplane/projection.js';
+
+const retry = { nonRetryableErrorTypes: NON_RETRYABLE, maximumAttempts: 5, initialInterval: '1s' };
+
+const control = proxyActivities<ControlActivities>({
+  taskQueue: CONTROL_TASK_QUEUE,
+  startToCloseTimeout: '30s',
+  retry,
+});
+
+const controlForward = proxyActivities<ControlActivities>({
+  taskQueue: CONTROL_TASK_QUEUE,
+  startToCloseTimeout: '30s',
+  retry: { maximumAttempts: 0, maximumInterval: '30s' },
+});
+
+/** Activities of one host, on that host's queue. Checks fail fast when no worker serves the node. */
+function nodeActivities(node: string) {
+  const taskQueue = taskQueueForNode(node);
+  return {
+    quick: proxyActivities<NodeActivities>({
+      taskQueue,
+      scheduleToStartTimeout: '30s',
+      startToCloseTimeout: '2m',
+      retry,
+    }),
+    // Streams and memory pre-copy: long, heartbeating; a dead worker is noticed by the heartbeat
+    // timeout and the retry resumes from the last acknowledged offset.
+    long: proxyActivities<NodeActivities>({
+      taskQueue,
+      startToCloseTimeout: '12h',
+      heartbeatTimeout: '20s',
+      retry: { ...retry, maximumAttempts: 10 },
+    }),
+    // After the point of no return there is no undo: retry until the step succeeds.
+    forward: proxyActivities<NodeActivities>({
+      taskQueue,
+      startToCloseTimeout: '30m',
+      heartbeatTimeout: '30s',
+      retry: { nonRetryableErrorTypes: [], maximumAttempts: 0, maximumInterval: '30s' },
+    }),
+  };
+}
+
+export async function migrateInstance(input: MigrateInput): Promise<MigrationResult> {
+  // Unique per run: the workflow id is reused by the next migration of the same instance.
+  const migrationId = `${workflowInfo().workflowId}.${workflowInfo().runId}`;
+  const options = withDefaults(input.options);
+  const started = Date.now();
+
+  const progress: MigrationProgress = {
+    migrationId,
+    instanceId: input.instanceId,
+    destination: input.destination,
+    phase: 'validate',
+    bytesDone: 0,
+    bytesTotal: 0,
+    rateBytesPerSec: 0,
+    wireBytes: 0,
+    round: 0,
+    pastPointOfNoReturn: false,
+    cancelRequested: false,
+    timeline: [],
+  };
+  let cancelReason: string | undefined;
+  // Everything before the point of no return runs in this scope; cancelling it rolls back.
+  const beforeSwitchover = new CancellationScope();
+
+  setHandler(progressQuery, () => progress);
+  setHandler(progressSignal, (r) => {
+    progress.stream = r.stream;
+    progress.bytesDone = r.bytesDone;
+    progress.bytesTotal = r.bytesTotal;
+    progress.rateBytesPerSec = r.rateBytesPerSec;
+    progress.wireBytes = r.wireBytes;
+  });
+  setHandler(
+    cancelUpdate,
+    (reason) => {
+      cancelReason = reason || 'cancelled by operator';
+      progress.cancelRequested = true;
+      beforeSwitchover.cancel();
+      return `cancelling ${input.instanceId} in phase ${progress.phase}: rolling back`;
+    },
+    {
+      validator: (_reason: string) => {
+        if (progress.pastPointOfNoReturn) {
+          throw ApplicationFailure.nonRetryable(
+            `too late to cancel: ${input.instanceId} is already switching over to ${input.destination} (phase ${progress.phase}); the migration can only finish`,
+            'TooLateToCancel',
+          );
+        }
+        if (['rolling-back', 'rolled-back', 'done', 'failed'].includes(progress.phase)) {
+          throw ApplicationFailure.nonRetryable(`nothing to cancel: migration is ${progress.phase}`, 'NothingToCancel');
+        }
+      },
+    },
+  );
+
+  const released = new Set<Phase>();
+  setHandler(proceedSignal, (phase) => void released.add(phase));
+  /** A breakpoint after `phase`, when the operator asked for one. Cancellable like the rest. */
+  const hold = async (phase: Phase) => {
+    if (!options.holdAfter.includes(phase)) return;
+    progress.heldAfter = phase;
+    await condition(() => released.has(phase));
+    progress.heldAfter = undefined;
+  };
+
+  const enter = (phase: Phase, detail?: string) => {
+    progress.phase = phase;
+    progress.timeline.push({ phase, at: Date.now(), detail });
+    upsertSearchAttributes([{ key: SA_PHASE, value: phase }]);
+    log.info('phase', { phase, detail });
+  };
+
+  // --- 1. validate: no side effect before this passes ---
+  enter('validate');
+  const plan = await control.validateMigration({ migrationId, instanceId: input.instanceId, destination: input.destination, options });
+  const { spec, source, destination } = plan;
+  progress.source = source.name;
+  upsertSearchAttributes([
+    { key: SA_INSTANCE, value: spec.id },
+    { key: SA_SOURCE, value: source.name },
+    { key: SA_DESTINATION, value: destination.name },
+  ]);
+  const src = nodeActivities(source.name);
+  const dst = nodeActivities(destination.name);
+  await Promise.all([src.quick.checkSource({ spec }), dst.quick.checkDestination({ migrationId, spec })]);
+
+  // Compensations, pushed as each step succeeds and run in reverse on rollback.
+  const undo: { name: string; run: () => Promise<unknown> }[] = [];
+  let diskWireBytes = 0;
+  let rounds = 0;
+  let pausedAt = 0;
+  let resumedAt = 0;
+  let diskIdentical: boolean | undefined;
+  let memory: { totalMs: number; downtimeMs?: number; transferredBytes: number } = { totalMs: 0, transferredBytes: 0 };
+
+  try {
+    await beforeSwitchover.run(async () => {
+      // --- 2. reserve capacity on the destination ---
+      enter('reserve');
+      await control.reserveCapacity({ migrationId, instanceId: spec.id, node: destination.name });
+      undo.push({ name: 'release reservation', run: () => control.releaseReservation({ migrationId }) });
+      await hold('reserve');
+
+      // --- 3. prepare the destination: disk, paused instance waiting for memory, receiver ---
+      enter('prepare');
+      undo.push({ name: 'remove destination', run: () => dst.quick.abortDestination({ migrationId, spec }) });
+      let dest = await dst.quick.prepareDestination({ migrationId, spec, tls: options.tls });
+      await hold('prepare');
+
+      // --- 4. dirty tracking on the source disk, before the first byte is read ---
+      enter('track');
+      undo.push({ name: 'stop dirty tracking', run: () => src.quick.stopDirtyTracking({ spec }) });
+      await src.quick.startDirtyTracking({ spec });
+      await hold('track');
+
+      // One stream, resent through a freshly (re)opened receiver if the destination worker died.
+      const stream = async (streamId: string, round?: number) => {
+        for (let attempt = 1; ; attempt++) {
+          try {
+            const r = await src.long.sendDisk({
+              migrationId,
+              spec,
+              endpoint: dest.endpoint,
+              streamId,
+              round,
+              resumeOffset: dest.acked[streamId] ?? 0,
+              options,
+            });
+            diskWireBytes += r.wireBytes;
+            return r;
+          } catch (err) {
+            if (isCancellation(err) || attempt >= 3 || !isRetryable(err)) throw err;
+            log.warn('stream failed; reopening the receiver', { streamId, attempt, error: String(err) });
+            dest = await dst.quick.prepareDestination({ migrationId, spec, tls: options.tls });
+          }
+        }
+      };
+
+      // --- 5. bulk copy ---
+      enter('bulk-copy');
+      const bulk = await stream('bulk');
+      let rate = bulk.elapsedMs > 0 ? (bulk.doneBytes / bulk.elapsedMs) * 1000 : 0;
+      await hold('bulk-copy');
+
+      // --- 6. dirty rounds until the final round is projected to fit the downtime budget ---
+      enter('dirty-rounds');
+      for (;;) {
+        rounds += 1;
+        progress.round = rounds;
+        const r = await stream(`round-${rounds}`, rounds);
+        if (r.elapsedMs > 0 && r.doneBytes > 0) rate = (r.doneBytes / r.elapsedMs) * 1000;
+        const projected = projectFinalRoundMs({
+          lastRoundBytes: r.doneBytes,
+          lastRoundMs: r.elapsedMs,
+          rateBytesPerSec: rate,
+        });
+        progress.projectedDowntimeMs = projected;
+        log.info('dirty round', { round: rounds, bytes: r.doneBytes, ms: r.elapsedMs, projected });
+        if (projected <= options.downtimeMs) break;
+        if (rounds >= options.maxRounds) {
+          throw ApplicationFailure.nonRetryable(
+            `${spec.id} writes its disk faster than the link carries it: after ${rounds} rounds the final sync is projected at ${projected} ms, over the ${options.downtimeMs} ms downtime budget. Raise --downtime or --max-rounds, lift the bandwidth cap, or migrate when the guest is quieter.`,
+            ErrorTypes.WontConverge,
+          );
+        }
+      }
+      await hold('dirty-rounds');
+
+      // --- 7. memory pre-copy; resolves with the source paused, block devices still active ---
+      enter('memory');
+      undo.push({ name: 'cancel memory migration', run: () => src.quick.cancelMigration({ spec }) });
+      await src.long.migrateMemory({ migrationId, spec, memoryUri: dest.memoryUri, options });
+      pausedAt = Date.now();
+      await hold('memory');
+
+      // --- 8a. final disk sync, source paused: the destination never runs on stale blocks ---
+      enter('final-sync');
+      rounds += 1;
+      await stream('final', rounds);
+      if (options.verifyDisk) {
+        const [a, b] = await Promise.all([src.long.digestDisk({ spec, side: 'source' }), dst.long.digestDisk({ spec, side: 'destination' })]);
+        diskIdentical = a === b;
+        if (!diskIdentical) {
+          throw ApplicationFailure.nonRetryable(`disk digests differ after the final sync (source ${a}, destination ${b}); rolled back, the source keeps running`, 'DiskMismatch');
+        }
+      }
+    });
+  } catch (err) {
+    const reason = cancelReason ?? describe(err);
+    enter('rolling-back', reason);
+    await CancellationScope.nonCancellable(async () => {
+      for (const step of undo.reverse()) {
+        try {
+          await step.run();
+        } catch (e) {
+          // Keep undoing: one failed compensation must not strand the others. The log says which.
+          log.error('compensation failed', { step: step.name, error: String(e) });
+        }
+      }
+      enter('rolled-back', reason);
+      upsertSearchAttributes([{ key: SA_OUTCOME, value: 'rolled-back' }]);
+      await control.finishMigration({ migrationId, outcome: 'rolled-back' as const, summary: { reason, timeline: progress.timeline } });
+    });
+    if (cancelReason || isCancellation(err)) {
+      return result('rolled-back', reason);
+    }
+    throw err;
+  }
+
+  // === POINT OF NO RETURN ===
+  // Until here the source held the only running copy and every step had an undo. `switchover`
+  // lets QEMU send the last memory pages and CPU state; from then on the destination is the
+  // instance and the workflow only rolls forward: cancel requests are refused, Temporal
+  // cancellation is shielded, and failed steps are retried until they succeed.
+  progress.pastPointOfNoReturn = true;
+  const srcForward = nodeActivities(source.name).forward;
+  const dstForward = nodeActivities(destination.name).forward;
+  await CancellationScope.nonCancellable(async () => {
+    enter('resume');
+    memory = await srcForward.switchover({ spec });
+    await dstForward.resume({ migrationId, spec });
+    resumedAt = Date.now();
+    progress.projectedDowntimeMs = resumedAt - pausedAt;
+
+    // --- 9. commit the inventory: one idempotent transaction ---
+    enter('commit');
+    await controlForward.commitMigration({ migrationId, instanceId: spec.id, source: source.name, destination: destination.name });
+
+    // --- 10. clean up the source ---
+    enter('cleanup');
+    await srcForward.retire({ spec });
+    await dstForward.closeReceiver({ migrationId });
+    enter('done');
+    upsertSearchAttributes([{ key: SA_OUTCOME, value: 'migrated' }]);
+    await controlForward.finishMigration({ migrationId, outcome: 'succeeded' as const, summary: { ...result('migrated'), timeline: progress.timeline } });
+  });
+  return result('migrated');
+
+  function result(outcome: MigrationResult['outcome'], reason?: string): MigrationResult {
+    return {
+      migrationId,
+      instanceId: spec.id,
+      source: source.name,
+      destination: destination.name,
+      outcome,
+      reason,
+      totalMs: Date.now() - started,
+      downtimeMs: pausedAt && resumedAt ? resumedAt - pausedAt : 0,
+      hypervisorDowntimeMs: memory.downtimeMs,
+      diskBytes: spec.diskBytes,
+      diskWireBytes,
+      memoryBytes: memory.transferredBytes,
+      rounds,
+      diskIdentical,
+      timeline: progress.timeline,
+    };
+  }
+}
+
+function isRetryable(err: unknown): boolean {
+  const cause = err instanceof ActivityFailure ? err.cause : err;
+  return !(cause instanceof ApplicationFailure && cause.nonRetryable);
+}
+
+function describe(err: unknown): string {
+  if (err instanceof ActivityFailure && err.cause) return err.cause.message;
+  if (err instanceof Error) return err.message;
+  return String(err);
+}

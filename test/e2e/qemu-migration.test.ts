@@ -1,0 +1,200 @@
+// End to end, all real: a Temporal dev server, the controller worker, a node worker inside each of
+// two network namespaces, QEMU guests (TCG) that count in memory, write records to their disks and
+// answer requests while Ferry moves them.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { existsSync } from 'node:fs';
+import { WorkflowFailedError } from '@temporalio/client';
+import { Worker } from '@temporalio/worker';
+import { startQemuLab, type Lab } from '../../src/labs/qemu-lab.js';
+import { startProber, quiesce } from '../../src/labs/guest-client.js';
+import { cancelUpdate, proceedSignal } from '../../src/shared/messages.js';
+import type { InstanceSpec } from '../../src/drivers/driver.js';
+import { workflowsPath } from '../../src/workers/workflows-path.js';
+import { guestAnswersOn, qemuProcessesOf, readRecords, result, startMigration, waitFor, waitForGuest } from './helpers.js';
+
+const MiB = 1024 * 1024;
+let lab: Lab;
+
+beforeAll(async () => {
+  lab = await startQemuLab({ dir: '/var/tmp/ferry-e2e', temporalPort: 7243, log: (l) => console.log(`[lab] ${l}`) });
+  await lab.startWorkers();
+});
+
+afterAll(async () => {
+  await lab?.close();
+});
+
+/** The Ferry error type of a failed workflow: thrown by an activity (nested) or by the workflow. */
+function failureType(err: unknown): string | undefined {
+  expect(err).toBeInstanceOf(WorkflowFailedError);
+  const cause = (err as WorkflowFailedError).cause as { type?: string; cause?: { type?: string } } | undefined;
+  return cause?.cause?.type ?? cause?.type;
+}
+
+function countsOf(node: string) {
+  return lab.inventory.freeCapacity(node);
+}
+
+async function boot(id: string, extra: Partial<Parameters<Lab['bootGuest']>[0]> = {}): Promise<InstanceSpec> {
+  const spec = await lab.bootGuest({ id, node: 'node-a', memoryMiB: 128, diskMiB: 64, rate: 5, ...extra });
+  await waitForGuest(lab, spec, 'node-a');
+  return spec;
+}
+
+/** The guest still runs on node-a only, untouched, and node-b holds nothing of it. */
+async function expectStillOnSource(spec: InstanceSpec, before: { a: unknown; b: unknown }) {
+  const s1 = await guestAnswersOn(lab, spec, 'node-a');
+  expect(s1, 'guest answers on node-a').not.toBeNull();
+  await new Promise((r) => setTimeout(r, 1500));
+  const s2 = await guestAnswersOn(lab, spec, 'node-a');
+  expect(s2!.counter, 'the counter keeps counting on node-a').toBeGreaterThan(s1!.counter);
+  expect(await guestAnswersOn(lab, spec, 'node-b'), 'nothing answers on node-b').toBeNull();
+  expect(lab.inventory.getInstance(spec.id).host).toBe('node-a');
+  expect(countsOf('node-a')).toEqual(before.a);
+  expect(countsOf('node-b')).toEqual(before.b);
+  expect(lab.inventory.listReservations({ live: true })).toEqual([]);
+  expect(lab.inventory.checkConsistency()).toEqual([]);
+  expect(existsSync(`${lab.nodeStateDir('node-b')}/disks/${spec.id}.raw`), 'no destination disk left').toBe(false);
+  expect(qemuProcessesOf(spec.id), 'exactly one QEMU runs the instance').toBe(1);
+}
+
+describe('a live migration on the QEMU lab', () => {
+  let historyJson: unknown;
+
+  it('moves a guest that is writing: counter continues, records kept, disks identical, inventory right', async () => {
+    const spec = await boot('i-e2e-ok');
+    const beforeA = countsOf('node-a');
+    const beforeB = countsOf('node-b');
+    const prober = startProber(lab.serviceAddresses(spec), 200);
+    const handle = await startMigration(lab, { instanceId: spec.id, destination: 'node-b', options: { verifyDisk: true } });
+    const r = await result(handle);
+    const probe = await prober.stop();
+
+    expect(r.outcome).toBe('migrated');
+    expect(r.diskIdentical, 'SHA-256 of both disks while both sides were paused').toBe(true);
+    expect(probe.counterReset, 'the in-memory counter never went back').toBe(false);
+    expect(probe.hosts).toContain('10.213.2.2');
+
+    // Runs on node-b only.
+    const after = await waitForGuest(lab, spec, 'node-b', 30_000);
+    expect(after.counter).toBeGreaterThanOrEqual(probe.lastCounter ?? 0);
+    expect(await guestAnswersOn(lab, spec, 'node-a')).toBeNull();
+    expect(qemuProcessesOf(spec.id)).toBe(1);
+
+    // Every record the guest called durable is on node-b's disk.
+    const lastSeq = await quiesce('10.213.2.2', spec.servicePort!);
+    const destDisk = `${lab.nodeStateDir('node-b')}/disks/${spec.id}.raw`;
+    const records = await readRecords(destDisk, Math.floor(64 * 0.75));
+    const missing = [];
+    for (let s = 1; s <= lastSeq; s++) if (!records.has(s)) missing.push(s);
+    expect(lastSeq).toBeGreaterThan(0);
+    expect(missing, 'acknowledged records missing on the destination').toEqual([]);
+
+    // Inventory: host is node-b, capacity moved, nothing reserved, nothing left on node-a.
+    expect(lab.inventory.getInstance(spec.id).host).toBe('node-b');
+    expect(countsOf('node-a').memoryMiB).toBe(beforeA.memoryMiB + 128);
+    expect(countsOf('node-b').memoryMiB).toBe(beforeB.memoryMiB - 128 + 0);
+    expect(countsOf('node-b').diskBytes).toBe(beforeB.diskBytes - 64 * MiB + 0);
+    expect(lab.inventory.listReservations({ live: true })).toEqual([]);
+    expect(lab.inventory.checkConsistency()).toEqual([]);
+    expect(existsSync(spec.diskPath), 'source disk removed').toBe(false);
+
+    historyJson = await handle.fetchHistory();
+  });
+
+  it('replays the recorded history against the current workflow code', async () => {
+    expect(historyJson).toBeDefined();
+    // Throws DeterminismViolationError if the workflow code no longer produces this history.
+    await Worker.runReplayHistory({ workflowsPath: workflowsPath() }, historyJson);
+  });
+
+  it('refuses a bad destination before any side effect', async () => {
+    const spec = await boot('i-e2e-bad');
+    const before = { a: countsOf('node-a'), b: countsOf('node-b') };
+    for (const [destination, type] of [
+      ['node-zz', 'UnknownNode'],
+      ['node-a', 'InvalidDestination'],
+      ['../etc', 'BadInput'],
+    ] as const) {
+      const handle = await startMigration(lab, { instanceId: spec.id, destination });
+      const err = await handle.result().catch((e) => e);
+      expect(err).toBeInstanceOf(WorkflowFailedError);
+      expect(failureType(err), String(err?.cause?.cause?.message ?? err)).toBe(type);
+    }
+    const unknown = await startMigration(lab, { instanceId: 'i-nobody', destination: 'node-b' });
+    const err = await unknown.result().catch((e) => e);
+    expect(failureType(err)).toBe('UnknownInstance');
+    await expectStillOnSource(spec, before);
+  });
+
+  // Each phase before the point of no return: hold right after it, cancel, and check that
+  // everything is as before.
+  for (const phase of ['reserve', 'prepare', 'track', 'bulk-copy', 'dirty-rounds', 'memory'] as const) {
+    it(`rolls back when cancelled after ${phase}`, async () => {
+      const spec = await boot(`i-e2e-cancel-${phase}`);
+      const before = { a: countsOf('node-a'), b: countsOf('node-b') };
+      const handle = await startMigration(lab, { instanceId: spec.id, destination: 'node-b', options: { holdAfter: [phase] } });
+      await waitFor(handle, (p) => p.heldAfter === phase);
+      await handle.executeUpdate(cancelUpdate, { args: [`test cancels after ${phase}`] });
+      const r = await result(handle);
+      expect(r.outcome).toBe('rolled-back');
+      expect(r.reason).toContain(`after ${phase}`);
+      await expectStillOnSource(spec, before);
+    });
+  }
+
+  it('rolls back when cancelled in the middle of the bulk copy', async () => {
+    const spec = await boot('i-e2e-cancel-mid');
+    const before = { a: countsOf('node-a'), b: countsOf('node-b') };
+    // 2 MiB/s: the 64 MiB disk takes long enough to cancel mid-stream.
+    const handle = await startMigration(lab, { instanceId: spec.id, destination: 'node-b', options: { bandwidthBytesPerSec: 2 * MiB, codec: 'none' } });
+    await waitFor(handle, (p) => p.phase === 'bulk-copy' && p.bytesDone > 4 * MiB);
+    await handle.executeUpdate(cancelUpdate, { args: ['test cancels mid-copy'] });
+    const r = await result(handle);
+    expect(r.outcome).toBe('rolled-back');
+    await expectStillOnSource(spec, before);
+  });
+
+  it('refuses to cancel after the point of no return, and finishes', async () => {
+    const spec = await boot('i-e2e-late-cancel');
+    const handle = await startMigration(lab, { instanceId: spec.id, destination: 'node-b', options: { holdAfter: ['memory'] } });
+    await waitFor(handle, (p) => p.heldAfter === 'memory');
+    await handle.signal(proceedSignal, 'memory');
+    await waitFor(handle, (p) => p.pastPointOfNoReturn);
+    const refused = await handle.executeUpdate(cancelUpdate, { args: ['too late'] }).catch((e) => e);
+    expect(String(refused?.cause?.message ?? refused)).toMatch(/too late to cancel|nothing to cancel/);
+    const r = await result(handle);
+    expect(r.outcome).toBe('migrated');
+    await waitForGuest(lab, spec, 'node-b', 30_000);
+    expect(await guestAnswersOn(lab, spec, 'node-a')).toBeNull();
+  });
+
+  it('finishes when the source node worker is killed and restarted mid-copy', async () => {
+    const spec = await boot('i-e2e-crash');
+    const handle = await startMigration(lab, { instanceId: spec.id, destination: 'node-b', options: { bandwidthBytesPerSec: 2 * MiB, codec: 'none', verifyDisk: true } });
+    await waitFor(handle, (p) => p.phase === 'bulk-copy' && p.bytesDone > 8 * MiB);
+    await lab.killWorker('node-a');
+    await new Promise((r) => setTimeout(r, 2000));
+    lab.startNodeWorker('node-a');
+    const r = await result(handle);
+    expect(r.outcome).toBe('migrated');
+    expect(r.diskIdentical).toBe(true);
+    // Resumed, not restarted: the bulk stream did not send the whole disk twice.
+    expect(r.diskWireBytes).toBeLessThan(2 * spec.diskBytes);
+    await waitForGuest(lab, spec, 'node-b', 30_000);
+    expect(await guestAnswersOn(lab, spec, 'node-a')).toBeNull();
+    expect(lab.inventory.getInstance(spec.id).host).toBe('node-b');
+    expect(lab.inventory.checkConsistency()).toEqual([]);
+  });
+
+  it('aborts cleanly when the guest writes faster than the link carries, and the guest keeps running on the source', async () => {
+    // 512 KiB of random data per write over a 1 MiB/s cap: the dirty rounds cannot converge.
+    const spec = await boot('i-e2e-hot', { burstKiB: 512, spanMiB: 8 });
+    const before = { a: countsOf('node-a'), b: countsOf('node-b') };
+    const handle = await startMigration(lab, { instanceId: spec.id, destination: 'node-b', options: { bandwidthBytesPerSec: 1 * MiB, maxRounds: 3, downtimeMs: 500 } });
+    const err = await handle.result().catch((e) => e);
+    expect(err).toBeInstanceOf(WorkflowFailedError);
+    expect(failureType(err)).toBe('WontConverge');
+    await expectStillOnSource(spec, before);
+  });
+});

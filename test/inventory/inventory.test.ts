@@ -1,0 +1,191 @@
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { join } from 'node:path';
+import Database from 'better-sqlite3';
+import { openInventory, SCHEMA_VERSION, type Inventory } from '../../src/inventory/index.js';
+import { FerryError } from '../../src/shared/errors.js';
+import { seedCluster, spec, tempDir } from './helpers.js';
+
+function errorOf(fn: () => unknown): FerryError {
+  try {
+    fn();
+  } catch (err) {
+    if (err instanceof FerryError) return err;
+    throw err;
+  }
+  throw new Error('expected a FerryError, nothing was thrown');
+}
+
+describe('inventory', () => {
+  let tmp: ReturnType<typeof tempDir>;
+  let path: string;
+  let inv: Inventory;
+
+  beforeEach(() => {
+    tmp = tempDir();
+    path = join(tmp.dir, 'sub', 'inventory.db');
+    inv = seedCluster(path);
+  });
+  afterEach(() => {
+    inv.close();
+    tmp.cleanup();
+  });
+
+  it('creates a versioned schema in WAL mode and reopens it without re-migrating', () => {
+    inv.close();
+    const raw = new Database(path);
+    expect(raw.pragma('user_version', { simple: true })).toBe(SCHEMA_VERSION);
+    expect(raw.pragma('journal_mode', { simple: true })).toBe('wal');
+    raw.close();
+    inv = openInventory(path);
+    expect(inv.listNodes().map((n) => n.name)).toEqual(['node-a', 'node-b', 'node-x']);
+  });
+
+  it('refuses to open a database written by a newer Ferry', () => {
+    inv.close();
+    const raw = new Database(path);
+    raw.pragma(`user_version = ${SCHEMA_VERSION + 1}`);
+    raw.close();
+    const e = errorOf(() => openInventory(path));
+    expect(e.type).toBe('BadInput');
+    expect(e.message).toMatch(/newer than this Ferry/);
+    // reopen at the right version for afterEach
+    const fix = new Database(path);
+    fix.pragma(`user_version = ${SCHEMA_VERSION}`);
+    fix.close();
+    inv = openInventory(path);
+  });
+
+  it('stores nodes and instances and computes free capacity', () => {
+    inv.addInstance({ spec: spec('i-1', { vcpus: 2, memoryMiB: 512 }), host: 'node-b' });
+    expect(inv.getInstance('i-1')).toMatchObject({ host: 'node-b', state: 'running', memoryMiB: 512 });
+    expect(inv.getInstance('i-1').spec.diskPath).toBe('/var/lib/ferry/disks/i-1.raw');
+    expect(inv.freeCapacity('node-b')).toEqual({ vcpus: 2, memoryMiB: 512, diskBytes: (1 << 30) - (64 << 20) });
+    expect(inv.listInstances({ host: 'node-b' }).map((i) => i.id)).toEqual(['i-1']);
+    expect(inv.setNodeState('node-b', 'drain').state).toBe('drain');
+    expect(errorOf(() => inv.getNode('node-z')).type).toBe('UnknownNode');
+    expect(errorOf(() => inv.getInstance('i-404')).type).toBe('UnknownInstance');
+    // placing too much on a node is refused and names the short resource
+    const full = errorOf(() => inv.addInstance({ spec: spec('i-2', { memoryMiB: 600 }), host: 'node-b' }));
+    expect(full.type).toBe('DestinationFull');
+    expect(full.message).toMatch(/memoryMiB/);
+    expect(full.message).not.toMatch(/vcpus/);
+    expect(inv.findInstance('i-2')).toBeUndefined();
+    expect(errorOf(() => inv.addInstance({ spec: spec('i-3'), host: 'node-x' })).type).toBe('HypervisorMismatch');
+  });
+
+  it('refuses hostile ids with BadInput and writes nothing', () => {
+    const hostile = ['../etc/passwd', "i-1'; DROP TABLE nodes; --", 'I-UPPER', '', '-lead', 'a'.repeat(64), 'i 1', 'i-1\0x'];
+    for (const id of hostile) {
+      expect(errorOf(() => inv.addInstance({ spec: spec(id), host: 'node-a' })).type).toBe('BadInput');
+      expect(errorOf(() => inv.getInstance(id)).type).toBe('BadInput');
+      expect(errorOf(() => inv.addNode({ name: id, hypervisor: 'qemu', controlAddress: 'x', dataAddress: 'y', capacity: { vcpus: 1, memoryMiB: 1, diskBytes: 1 } })).type).toBe('BadInput');
+    }
+    expect(errorOf(() => inv.reserve({ migrationId: 'm/../1', instanceId: 'i-1', node: 'node-b', vcpus: 1, memoryMiB: 1, diskBytes: 1 })).type).toBe('BadInput');
+    expect(errorOf(() => inv.reserve({ migrationId: 'm-1', instanceId: 'i-1', node: 'node-b', vcpus: -1, memoryMiB: 1, diskBytes: 1 })).type).toBe('BadInput');
+    expect(errorOf(() => inv.logPhase('m-1', 'teleport' as never)).type).toBe('BadInput');
+    const msg = errorOf(() => inv.addNode({ name: 'node-q', hypervisor: 'kvm' as never, controlAddress: 'x', dataAddress: 'y', capacity: { vcpus: 1, memoryMiB: 1, diskBytes: 1 } })).message;
+    expect(msg).toMatch(/hypervisor/);
+    expect(inv.listNodes()).toHaveLength(3);
+    expect(inv.listInstances()).toHaveLength(0);
+    expect(inv.listMigrations()).toHaveLength(0);
+  });
+
+  it('reserves idempotently and refuses what does not fit, naming the resource', () => {
+    inv.addInstance({ spec: spec('i-1', { vcpus: 2, memoryMiB: 768 }), host: 'node-a' });
+    inv.addInstance({ spec: spec('i-2', { vcpus: 1, memoryMiB: 512 }), host: 'node-a' });
+    const r1 = inv.reserve({ migrationId: 'm-1', instanceId: 'i-1', node: 'node-b', vcpus: 2, memoryMiB: 768, diskBytes: 64 << 20 });
+    const again = inv.reserve({ migrationId: 'm-1', instanceId: 'i-1', node: 'node-b', vcpus: 2, memoryMiB: 768, diskBytes: 64 << 20 });
+    expect(again).toEqual(r1);
+    expect(inv.listReservations({ live: true })).toHaveLength(1);
+    expect(inv.getInstance('i-1').state).toBe('migrating');
+    const e = errorOf(() => inv.reserve({ migrationId: 'm-2', instanceId: 'i-2', node: 'node-b', vcpus: 1, memoryMiB: 512, diskBytes: 64 << 20 }));
+    expect(e.type).toBe('DestinationFull');
+    expect(e.message).toContain('node-b');
+    expect(e.message).toContain('memoryMiB: needs 512 MiB memory, free 256 MiB memory');
+    expect(inv.getReservation('m-2')).toBeUndefined();
+    expect(errorOf(() => inv.reserve({ migrationId: 'm-3', instanceId: 'i-2', node: 'node-a', vcpus: 1, memoryMiB: 1, diskBytes: 1 })).type).toBe('InvalidDestination');
+    expect(errorOf(() => inv.reserve({ migrationId: 'm-4', instanceId: 'i-2', node: 'node-x', vcpus: 1, memoryMiB: 1, diskBytes: 1 })).type).toBe('HypervisorMismatch');
+    inv.setNodeState('node-b', 'down');
+    expect(errorOf(() => inv.reserve({ migrationId: 'm-5', instanceId: 'i-2', node: 'node-b', vcpus: 0, memoryMiB: 0, diskBytes: 0 })).type).toBe('InvalidDestination');
+    expect(inv.checkConsistency()).toEqual([]);
+  });
+
+  it('release after a rollback leaves every count as before', () => {
+    inv.addInstance({ spec: spec('i-1', { vcpus: 2, memoryMiB: 256 }), host: 'node-a' });
+    const snapshot = () => ({
+      nodes: inv.listNodes().map((n) => ({ n: n.name, free: inv.freeCapacity(n.name) })),
+      instances: inv.listInstances(),
+      live: inv.listReservations({ live: true }),
+    });
+    const before = snapshot();
+    inv.logPhase('m-1', 'validate');
+    inv.reserve({ migrationId: 'm-1', instanceId: 'i-1', node: 'node-b', vcpus: 2, memoryMiB: 256, diskBytes: 64 << 20 });
+    expect(inv.freeCapacity('node-b').memoryMiB).toBe(1024 - 256);
+    inv.logPhase('m-1', 'rolling-back', { reason: 'cancelled' });
+    expect(inv.release('m-1')).toEqual({ changed: true });
+    expect(inv.release('m-1')).toEqual({ changed: false });
+    expect(inv.release('never-reserved')).toEqual({ changed: false });
+    inv.logPhase('m-1', 'rolled-back');
+    inv.finishMigration('m-1', 'rolled-back', { reason: 'cancelled' });
+    expect(snapshot()).toEqual(before);
+    const log = inv.getMigration('m-1')!;
+    expect(log).toMatchObject({ instanceId: 'i-1', source: 'node-a', destination: 'node-b', outcome: 'rolled-back', committedAt: null });
+    expect(log.events.map((e) => e.phase)).toEqual(['validate', 'rolling-back', 'rolled-back']);
+    expect(inv.checkConsistency()).toEqual([]);
+  });
+
+  it('commits a migration in one idempotent transaction', () => {
+    inv.addInstance({ spec: spec('i-1', { vcpus: 2, memoryMiB: 256 }), host: 'node-a' });
+    const freeA = inv.freeCapacity('node-a');
+    inv.reserve({ migrationId: 'm-1', instanceId: 'i-1', node: 'node-b', vcpus: 2, memoryMiB: 256, diskBytes: 64 << 20 });
+    const first = inv.commitMigration({ migrationId: 'm-1', instanceId: 'i-1', source: 'node-a', destination: 'node-b' });
+    expect(first.changed).toBe(true);
+    expect(first.instance).toMatchObject({ host: 'node-b', state: 'running' });
+    const state = () => ({
+      instances: inv.listInstances(),
+      reservations: inv.listReservations(),
+      free: ['node-a', 'node-b'].map((n) => inv.freeCapacity(n)),
+      migration: inv.getMigration('m-1'),
+    });
+    const afterFirst = state();
+    const second = inv.commitMigration({ migrationId: 'm-1', instanceId: 'i-1', source: 'node-a', destination: 'node-b' });
+    expect(second.changed).toBe(false);
+    expect(state()).toEqual(afterFirst);
+    // capacity moved: the source got its share back, the destination holds it once (not twice)
+    expect(inv.freeCapacity('node-a')).toEqual({ vcpus: freeA.vcpus + 2, memoryMiB: freeA.memoryMiB + 256, diskBytes: freeA.diskBytes + (64 << 20) });
+    expect(inv.freeCapacity('node-b')).toEqual({ vcpus: 2, memoryMiB: 768, diskBytes: (1 << 30) - (64 << 20) });
+    expect(inv.getReservation('m-1')!.releasedAt).not.toBeNull();
+    expect(afterFirst.migration!.events.filter((e) => e.phase === 'commit')).toHaveLength(1);
+    // a committed migration cannot be recorded as rolled back
+    expect(errorOf(() => inv.finishMigration('m-1', 'rolled-back')).type).toBe('BadInput');
+    expect(inv.finishMigration('m-1', 'succeeded', { downtimeMs: 12 }).summary).toEqual({ downtimeMs: 12 });
+    expect(inv.finishMigration('m-1', 'succeeded', { downtimeMs: 99 }).summary).toEqual({ downtimeMs: 12 });
+    expect(inv.listMigrations({ instanceId: 'i-1' }).map((m) => m.migrationId)).toEqual(['m-1']);
+    expect(inv.checkConsistency()).toEqual([]);
+  });
+
+  it('consistency check catches what raw SQL forced in', () => {
+    inv.addInstance({ spec: spec('i-1', { vcpus: 4, memoryMiB: 1000 }), host: 'node-b' });
+    expect(inv.checkConsistency()).toEqual([]);
+    inv.close();
+    const raw = new Database(path);
+    raw.pragma('foreign_keys = OFF');
+    const t = new Date().toISOString();
+    raw.prepare(`INSERT INTO instances (id, host, vcpus, memory_mib, disk_bytes, spec, state, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 'running', ?, ?)`)
+      .run('i-2', 'node-b', 1, 512, 1024, JSON.stringify(spec('i-2', { memoryMiB: 512 })), t, t);
+    raw.prepare(`INSERT INTO instances (id, host, vcpus, memory_mib, disk_bytes, spec, state, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 'running', ?, ?)`)
+      .run('i-3', 'node-gone', 1, 1, 1, JSON.stringify(spec('i-3')), t, t);
+    raw.prepare(`INSERT INTO migrations (migration_id, instance_id, source, destination, started_at, committed_at) VALUES ('m-9', 'i-3', 'node-a', 'node-a', ?, ?)`).run(t, t);
+    raw.prepare(`INSERT INTO reservations (migration_id, instance_id, node, vcpus, memory_mib, disk_bytes, created_at) VALUES ('m-9', 'i-3', 'node-a', 1, 1, 1, ?)`).run(t);
+    raw.close();
+    inv = openInventory(path);
+    const kinds = inv.checkConsistency().map((v) => `${v.kind}:${v.subject}`).sort();
+    expect(kinds).toEqual([
+      'instance-on-unknown-node:i-3',
+      'over-capacity:node-b',
+      'over-capacity:node-b',
+      'reservation-live-after-commit:m-9',
+    ]);
+    expect(inv.checkConsistency().find((v) => v.kind === 'over-capacity')!.message).toMatch(/node-b/);
+  });
+});

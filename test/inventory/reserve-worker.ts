@@ -1,0 +1,26 @@
+// Child process of concurrency.test.ts: its own connection to the inventory file, racing the
+// other child for the last free slot of node-b. After each successful reserve it reads how much
+// of node-b is taken, so an overcommit is seen even though every reservation is released again.
+import { openInventory } from '../../src/inventory/index.js';
+import { FerryError } from '../../src/shared/errors.js';
+
+const [path, prefix, instanceId, iterations, startAt] = process.argv.slice(2);
+const inv = openInventory(path!);
+while (Date.now() < Number(startAt)) {
+  // Busy-wait to a common start instant so both processes contend for real.
+}
+const result = { ok: 0, full: 0, other: [] as string[], minFreeVcpus: Infinity };
+for (let i = 0; i < Number(iterations); i++) {
+  const migrationId = `${prefix}-${i}`;
+  try {
+    inv.reserve({ migrationId, instanceId: instanceId!, node: 'node-b', vcpus: 1, memoryMiB: 100, diskBytes: 1 << 20 });
+    result.ok++;
+    result.minFreeVcpus = Math.min(result.minFreeVcpus, inv.freeCapacity('node-b').vcpus);
+    inv.release(migrationId);
+  } catch (err) {
+    if (err instanceof FerryError && err.type === 'DestinationFull') result.full++;
+    else result.other.push(String(err));
+  }
+}
+inv.close();
+process.stdout.write(JSON.stringify(result) + '\n');

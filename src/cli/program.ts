@@ -4,6 +4,7 @@ import { Command, Option } from 'commander';
 import { createContext, CliError, EXIT, type CliContext } from './context.js';
 import * as mig from './migrate-commands.js';
 import * as inv from './inventory-commands.js';
+import { loadConfig } from '../config/index.js';
 
 export function buildProgram(): { program: Command; ctx: CliContext; result: { code: number } } {
   const program = new Command('ferry');
@@ -19,6 +20,9 @@ export function buildProgram(): { program: Command; ctx: CliContext; result: { c
     .description('Live-migrate virtual machines with their local disks between Xen or KVM hosts')
     .option('-c, --config <file>', 'config file (default: $FERRY_CONFIG, else /etc/ferry/ferry.yaml if present)')
     .showHelpAfterError()
+    // Set before the subcommands are added so they inherit it: commander then throws instead of
+    // exiting, and main() maps its errors to our exit codes.
+    .exitOverride()
     .configureOutput({ outputError: (s, write) => write(s) });
 
   program
@@ -83,13 +87,12 @@ export function buildProgram(): { program: Command; ctx: CliContext; result: { c
     .action(
       run(async (f: { controller?: boolean; node?: string }) => {
         if (!f.controller && !f.node) throw new CliError('worker: pass --controller or --node NAME', EXIT.usage);
-        const cfg = ctx.config();
         if (f.controller) {
           const { createControllerWorker } = await import('../workers/controller.js');
-          await (await createControllerWorker(cfg)).run();
+          await (await createControllerWorker(ctx.config())).run();
         } else {
           const { createNodeWorker } = await import('../workers/node.js');
-          cfg.node = { ...cfg.node, name: f.node! } as typeof cfg.node;
+          const cfg = loadConfig({ file: program.opts().config as string | undefined, nodeName: f.node });
           await (await createNodeWorker(cfg)).run();
         }
         return EXIT.ok;
@@ -102,7 +105,6 @@ export function buildProgram(): { program: Command; ctx: CliContext; result: { c
 /** Runs the CLI and returns the exit code; never throws. */
 export async function main(argv: string[]): Promise<number> {
   const { program, ctx, result } = buildProgram();
-  program.exitOverride();
   try {
     await program.parseAsync(argv);
     return result.code;

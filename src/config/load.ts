@@ -4,8 +4,7 @@
 import { readFileSync } from 'node:fs';
 import { parse as parseYaml, YAMLParseError } from 'yaml';
 import { FerryError, ErrorTypes } from '../shared/errors.js';
-import { ID_PATTERN } from '../shared/names.js';
-import { configFileSchema, type FerryConfig } from './schema.js';
+import { configFileSchema, type FerryConfig, type NodeConfig } from './schema.js';
 
 /** Environment variable -> config key it overrides. */
 export const ENV_OVERRIDES: Readonly<Record<string, readonly string[]>> = {
@@ -37,6 +36,8 @@ export interface LoadConfigOptions {
   file?: string;
   /** Environment to read overrides from; defaults to process.env. */
   env?: Record<string, string | undefined>;
+  /** `ferry worker --node NAME`: overrides node.name (and FERRY_NODE) before validation. */
+  nodeName?: string;
 }
 
 function isPlainObject(v: unknown): v is Record<string, unknown> {
@@ -89,6 +90,13 @@ export function loadConfig(opts: LoadConfigOptions = {}): FerryConfig {
     fromEnv.set(dotted, name);
   }
 
+  if (opts.nodeName !== undefined) {
+    if (raw.node === undefined || raw.node === null) raw.node = {};
+    if (!isPlainObject(raw.node)) throw bad(`--node: cannot override node.name: node in the config file is not a mapping`);
+    raw.node.name = opts.nodeName;
+    fromEnv.set('node.name', '--node');
+  }
+
   const parsed = configFileSchema.safeParse(raw);
   if (!parsed.success) {
     const problems = parsed.error.issues.map((issue) => {
@@ -109,25 +117,10 @@ export function loadConfig(opts: LoadConfigOptions = {}): FerryConfig {
   return file ? { ...parsed.data, file } : parsed.data;
 }
 
-/** The settings a node worker cannot run without, or a BadInput naming what is missing. */
-export function requireNodeConfig(
-  cfg: FerryConfig,
-  nameOverride?: string,
-): { name: string; hypervisor: 'qemu' | 'xen'; dataAddress: string; stateDir: string } {
-  const node = { ...cfg.node };
-  if (nameOverride !== undefined) {
-    if (!ID_PATTERN.test(nameOverride)) throw bad(`node name ${JSON.stringify(nameOverride)}: must match ${ID_PATTERN}`);
-    if (node.name !== nameOverride) node.stateDir = cfg.node?.name === undefined && node.stateDir ? node.stateDir : undefined;
-    node.name = nameOverride;
+/** The node section a node worker cannot run without, or a BadInput saying how to give it. */
+export function requireNodeConfig(cfg: FerryConfig): NodeConfig {
+  if (!cfg.node) {
+    throw bad('config: a node worker needs node.name and node.dataAddress (FERRY_NODE or --node, FERRY_DATA_ADDRESS)');
   }
-  const missing: string[] = [];
-  if (!node.name) missing.push('node.name (FERRY_NODE or --node)');
-  if (!node.dataAddress) missing.push('node.dataAddress (FERRY_DATA_ADDRESS)');
-  if (missing.length) throw bad(`config: a node worker needs ${missing.join(' and ')}`);
-  return {
-    name: node.name!,
-    hypervisor: node.hypervisor ?? 'qemu',
-    dataAddress: node.dataAddress!,
-    stateDir: node.stateDir ?? `/var/lib/ferry/nodes/${node.name}`,
-  };
+  return cfg.node;
 }

@@ -50,22 +50,16 @@ const inventorySchema = z.strictObject({
   path: pathString.default('/var/lib/ferry/inventory.db'),
 });
 
-// Every node key is optional here: `ferry worker --node NAME` may supply the name, and the
-// controller has no node at all. `requireNodeConfig` says what is missing when a node needs it.
+// Only node workers have this section; `loadConfig({ nodeName })` lets `--node NAME` fill in
+// the name before validation, so the output is always complete.
 const nodeSchema = z
   .strictObject({
-    name: z
-      .string()
-      .regex(ID_PATTERN, 'must be 1-63 characters of a-z, 0-9 and "-", starting with a letter or digit')
-      .optional(),
+    name: z.string().regex(ID_PATTERN, 'must be 1-63 characters of a-z, 0-9 and "-", starting with a letter or digit'),
     hypervisor: z.enum(['qemu', 'xen']).optional(),
-    dataAddress: address.optional(),
+    dataAddress: address,
     stateDir: pathString.optional(),
   })
-  .transform((n) => ({
-    ...n,
-    stateDir: n.stateDir ?? (n.name !== undefined ? `/var/lib/ferry/nodes/${n.name}` : undefined),
-  }));
+  .transform((n) => ({ ...n, stateDir: n.stateDir ?? `/var/lib/ferry/nodes/${n.name}` }));
 
 const defaultsSchema = z.strictObject({
   codec: z.enum(CODECS as readonly ['lzo', 'none']).default('lzo'),
@@ -99,10 +93,10 @@ export const configFileSchema = z
     temporal: c.temporal,
     inventory: c.inventory,
     node: c.node,
-    // Parsed into numbers: chunkSize in bytes, the others carry their unit in their name.
+    // Parsed into numbers whose names carry their unit, so no caller guesses what 1 means.
     defaults: {
       codec: c.defaults.codec,
-      chunkSize: c.defaults.chunkSize,
+      chunkSizeBytes: c.defaults.chunkSize,
       bandwidthBytesPerSec: c.defaults.bandwidth,
       downtimeMs: c.defaults.downtime,
       maxRounds: c.defaults.maxRounds,

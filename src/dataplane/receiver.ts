@@ -45,6 +45,7 @@ interface StreamState {
 
 const HELLO_TIMEOUT_MS = 10_000;
 const SYNC_EVERY_MS = 1_000;
+const IDLE_TIMEOUT_MS = 120_000;
 
 export class DiskReceiver {
   private readonly streams: Record<string, StreamState>;
@@ -77,7 +78,10 @@ export class DiskReceiver {
       }
       if (size < opts.diskSize) await fh.truncate(opts.diskSize); // sparse: blocks come as frames arrive
       const cert = opts.tls ? await generateSelfSignedCert(opts.host) : undefined;
-      const server = cert ? tls.createServer({ key: cert.keyPem, cert: cert.certPem }) : net.createServer();
+      // allowHalfOpen: a sender that half-closes after its last frame still gets its ack or error reply.
+      const server = cert
+        ? tls.createServer({ key: cert.keyPem, cert: cert.certPem, allowHalfOpen: true })
+        : net.createServer({ allowHalfOpen: true });
       const r = new DiskReceiver(opts, fh, server, cert?.certPem, streams);
       server.on(cert ? 'secureConnection' : 'connection', (s: net.Socket) => r.accept(s));
       server.on('tlsClientError', () => {}); // a failed handshake just drops that connection
@@ -123,12 +127,15 @@ export class DiskReceiver {
     socket.on('error', () => {}); // surfaced through the reader; no unhandled 'error'
     socket.on('close', () => this.sockets.delete(socket));
     socket.setNoDelay(true);
+    // A sender silent this long is gone (a retry would have replaced it): free the receiver.
+    socket.setTimeout(IDLE_TIMEOUT_MS, () => socket.destroy());
     void this.serve(socket);
   }
 
   private async serve(socket: net.Socket): Promise<void> {
     const remote = `${socket.remoteAddress}:${socket.remotePort}`;
-    const reader = new ByteReader(socket);
+    // Not the default iterator: it destroys the socket at EOF, and a half-closed sender must still get our reply.
+    const reader = new ByteReader({ [Symbol.asyncIterator]: () => socket.iterator({ destroyOnReturn: false }) });
     const timer = setTimeout(() => socket.destroy(), HELLO_TIMEOUT_MS);
     let hello: Hello;
     try {

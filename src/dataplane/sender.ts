@@ -57,8 +57,12 @@ export async function sendStream(args: SendArgs): Promise<TransferProgress> {
   const pool = new CompressPool(options.codec, options.workers ?? availableParallelism());
   try {
     const write = async (buf: Buffer) => {
+      // A destroyed socket never emits 'drain' again: stop here instead of waiting forever.
+      if (failure !== undefined) throw failure;
+      if (socket.destroyed) throw new Error('connection to the receiver closed');
       progress.wireBytes += buf.length;
       if (!socket.write(buf)) {
+        if (socket.destroyed) throw new Error('connection to the receiver closed');
         await new Promise<void>((resolve, reject) => {
           const done = (err?: Error) => {
             socket.off('drain', ok).off('close', closed).off('error', done);

@@ -198,8 +198,11 @@ export async function startQemuLab(opts: LabOptions = {}) {
       return labNodes.map((n) => ({ node: n.name, host: n.mgmtAddress, port: spec.servicePort! }));
     },
 
-    async close() {
+    /** Stops the workers and Temporal; with `killGuests`, also every QEMU of this lab. */
+    async close(o: { killGuests?: boolean } = {}) {
       for (const key of [...workers.keys()]) await stopWorker(key);
+      // QEMUs run detached (they outlive workers by design); their command lines name the lab dir.
+      if (o.killGuests !== false) await runToEnd(spawn('pkill', ['-KILL', '-f', `qemu-system-x86_64.*${dir}/`], { stdio: 'ignore' }), 'pkill').catch(() => undefined);
       await client.connection.close().catch(() => undefined);
       inventory.close();
       await temporal.stop();

@@ -32,7 +32,7 @@ describe('config', () => {
     expect(c.temporal).toEqual({ address: '127.0.0.1:7233', namespace: 'default' });
     expect(c.inventory.path).toBe('/var/lib/ferry/inventory.db');
     expect(c.node).toBeUndefined();
-    expect(c.defaults).toEqual({ codec: 'lzo', chunkSize: 1048576, bandwidthBytesPerSec: 0, downtimeMs: 2000, maxRounds: 8, roundTimeoutMs: 600_000 });
+    expect(c.defaults).toEqual({ codec: 'lzo', chunkSizeBytes: 1048576, bandwidthBytesPerSec: 0, downtimeMs: 2000, maxRounds: 8, roundTimeoutMs: 600_000 });
     expect(c.log.level).toBe('info');
   });
 
@@ -57,7 +57,7 @@ log: { level: debug }
     expect(c.file).toBe(f);
     expect(c.temporal).toEqual({ address: '10.0.0.1:7233', namespace: 'ferry', tls: { serverName: 'temporal.lan', caFile: '/etc/ferry/ca.pem' } });
     expect(c.node).toEqual({ name: 'node-a', dataAddress: '10.0.1.1', stateDir: '/var/lib/ferry/nodes/node-a' });
-    expect(c.defaults).toEqual({ codec: 'none', chunkSize: 4 * 2 ** 20, bandwidthBytesPerSec: 12_500_000, downtimeMs: 500, maxRounds: 5, roundTimeoutMs: 120_000 });
+    expect(c.defaults).toEqual({ codec: 'none', chunkSizeBytes: 4 * 2 ** 20, bandwidthBytesPerSec: 12_500_000, downtimeMs: 500, maxRounds: 5, roundTimeoutMs: 120_000 });
     const o = loadConfig({
       env: { FERRY_CONFIG: f, FERRY_TEMPORAL_ADDRESS: '127.0.0.1:7999', FERRY_NODE: 'node-b', FERRY_STATE_DIR: '/tmp/x', FERRY_INVENTORY: '/tmp/i.db', FERRY_MAX_ROUNDS: '3', FERRY_TEMPORAL_NAMESPACE: 'ns2', FERRY_DATA_ADDRESS: '127.0.0.9' },
     });
@@ -108,11 +108,13 @@ log: { level: debug }
     expect(loadConfig({ file: write(''), env: {} }).temporal.address).toBe('127.0.0.1:7233');
   });
 
-  it('requireNodeConfig says what a node worker is missing', () => {
-    expect(errorOf(() => requireNodeConfig(loadConfig({ env: {} }))).message).toMatch(/node\.name .* and node\.dataAddress/);
-    const n = requireNodeConfig(loadConfig({ env: { FERRY_DATA_ADDRESS: '127.0.0.1' } }), 'node-c');
-    expect(n).toEqual({ name: 'node-c', hypervisor: 'qemu', dataAddress: '127.0.0.1', stateDir: '/var/lib/ferry/nodes/node-c' });
-    expect(errorOf(() => requireNodeConfig(loadConfig({ env: {} }), '../x')).type).toBe('BadInput');
+  it('fills the node name from --node and says what a node worker is missing', () => {
+    expect(errorOf(() => requireNodeConfig(loadConfig({ env: {} }))).message).toMatch(/needs node\.name and node\.dataAddress/);
+    const c = loadConfig({ env: { FERRY_DATA_ADDRESS: '127.0.0.1', FERRY_NODE: 'node-z' }, nodeName: 'node-c' });
+    expect(requireNodeConfig(c)).toEqual({ name: 'node-c', dataAddress: '127.0.0.1', stateDir: '/var/lib/ferry/nodes/node-c' });
+    expect(errorOf(() => loadConfig({ env: { FERRY_NODE: 'node-c' } })).message).toMatch(/node\.dataAddress: is required/);
+    expect(errorOf(() => loadConfig({ env: { FERRY_DATA_ADDRESS: '127.0.0.1' } })).message).toMatch(/node\.name: is required/);
+    expect(errorOf(() => loadConfig({ env: { FERRY_DATA_ADDRESS: '127.0.0.1' }, nodeName: '../x' })).message).toMatch(/node\.name \(from --node\)/);
   });
 
   it('parses sizes, bandwidths and durations, and refuses junk', () => {

@@ -3,6 +3,7 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
+import { existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { seedCluster, spec, tempDir } from './helpers.js';
@@ -32,12 +33,17 @@ describe('concurrent reservations', () => {
     for (const id of ['i-h1', 'i-h2', 'i-h3']) {
       inv.reserve({ migrationId: `hold-${id}`, instanceId: id, node: 'node-b', vcpus: 1, memoryMiB: 100, diskBytes: 1 << 20 });
     }
-    const startAt = String(Date.now() + 1500);
     const child = async (prefix: string, instance: string): Promise<WorkerResult> => {
-      const { stdout } = await run(process.execPath, ['--import', 'tsx', worker, path, prefix, instance, '400', startAt], { timeout: 120_000 });
+      const { stdout } = await run(process.execPath, ['--import', 'tsx', worker, path, prefix, instance, '400'], { timeout: 120_000 });
       return JSON.parse(stdout) as WorkerResult;
     };
-    const [a, b] = await Promise.all([child('ma', 'i-a'), child('mb', 'i-b')]);
+    const results = Promise.all([child('ma', 'i-a'), child('mb', 'i-b')]);
+    let settled = false;
+    results.then(() => (settled = true), () => (settled = true));
+    // Both children are up and connected before either starts reserving (or one died: await shows why).
+    while (!settled && !(existsSync(`${path}.ready-ma`) && existsSync(`${path}.ready-mb`))) await new Promise((r) => setTimeout(r, 20));
+    writeFileSync(`${path}.go`, '');
+    const [a, b] = await results;
     expect(a.other).toEqual([]);
     expect(b.other).toEqual([]);
     expect(a.ok + a.full).toBe(400);

@@ -1,14 +1,18 @@
 // Child process of concurrency.test.ts: its own connection to the inventory file, racing the
 // other child for the last free slot of node-b. After each successful reserve it reads how much
 // of node-b is taken, so an overcommit is seen even though every reservation is released again.
+import { existsSync, writeFileSync } from 'node:fs';
 import { openInventory } from '../../src/inventory/index.js';
 import { FerryError } from '../../src/shared/errors.js';
 
-const [path, prefix, instanceId, iterations, startAt] = process.argv.slice(2);
+const [path, prefix, instanceId, iterations] = process.argv.slice(2);
 const inv = openInventory(path!);
-while (Date.now() < Number(startAt)) {
-  // Busy-wait to a common start instant so both processes contend for real.
+// Barrier: say ready, then spin until the parent says go, so both processes contend for real.
+writeFileSync(`${path}.ready-${prefix}`, '');
+while (!existsSync(`${path}.go`)) {
+  // spin
 }
+const pause = new Int32Array(new SharedArrayBuffer(4));
 const result = { ok: 0, full: 0, other: [] as string[], minFreeVcpus: Infinity };
 for (let i = 0; i < Number(iterations); i++) {
   const migrationId = `${prefix}-${i}`;
@@ -17,6 +21,8 @@ for (let i = 0; i < Number(iterations); i++) {
     result.ok++;
     result.minFreeVcpus = Math.min(result.minFreeVcpus, inv.freeCapacity('node-b').vcpus);
     inv.release(migrationId);
+    // Let the other process in now and then, or the holder could win every round.
+    if (i % 2 === 0) Atomics.wait(pause, 0, 0, 1);
   } catch (err) {
     if (err instanceof FerryError && err.type === 'DestinationFull') result.full++;
     else result.other.push(String(err));

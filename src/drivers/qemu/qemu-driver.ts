@@ -1,0 +1,364 @@
+// The `qemu` hypervisor driver: QEMU processes started detached per instance, driven over QMP.
+// All state lives in `<stateDir>/<instanceId>/` (sockets, pidfile, tracking rounds), so a worker
+// that restarts finds its instances again. See docs/qemu-driver.md.
+import { execFile } from 'node:child_process';
+import { access, mkdir, open, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { dirname, join, resolve } from 'node:path';
+import { promisify } from 'node:util';
+import type { HypervisorDriver, InstanceSpec, MemoryProgress, MemoryResult, RuntimeState } from '../driver.js';
+import type { BlockSource } from '../../dataplane/types.js';
+import type { Extent } from '../../shared/extents.js';
+import { FerryError, ErrorTypes } from '../../shared/errors.js';
+import { withQmp, type QmpClient } from './qmp.js';
+import { NbdBlockSource } from './nbd-client.js';
+import { DEFAULT_QEMU, instancePaths, launchQemu, livePid, stopQemu, type InstancePaths } from './qemu-process.js';
+import { DEFAULT_GRANULARITY, LIVE_EXPORT, ensureExport, removeExports, startTracking, stopTracking, takeRound } from './dirty-tracking.js';
+
+const execFileP = promisify(execFile);
+
+export interface QemuDriverOptions {
+  /** Per-node directory holding one folder per instance. */
+  stateDir: string;
+  /** Where destination disks are created; default `<stateDir>/disks`. */
+  diskDir?: string;
+  /** Run QEMU inside this network namespace (tests; a lab worker already runs inside its own). */
+  netns?: string;
+  qemuBinary?: string;
+  /** Poll interval for migration status. */
+  pollMs?: number;
+}
+
+interface MigrationInfo {
+  status?: string;
+  'total-time'?: number;
+  downtime?: number;
+  'expected-downtime'?: number;
+  ram?: { transferred: number; remaining: number; total: number; 'dirty-pages-rate'?: number };
+  'error-desc'?: string;
+  'socket-address'?: Array<{ type: string; host?: string; port?: string }>;
+}
+
+/** Migration states in which the source still has (or may get back) a running guest. */
+const IN_PROGRESS = new Set(['setup', 'active', 'pre-switchover', 'device', 'cancelling', 'wait-unplug']);
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+function memoryError(msg: string): FerryError {
+  return new FerryError(ErrorTypes.MemoryMigrationFailed, msg);
+}
+
+export class QemuDriver implements HypervisorDriver {
+  readonly kind = 'qemu' as const;
+  readonly stateDir: string;
+  readonly diskDir: string;
+  private readonly pollMs: number;
+
+  constructor(private readonly opts: QemuDriverOptions) {
+    this.stateDir = resolve(opts.stateDir);
+    this.diskDir = resolve(opts.diskDir ?? join(opts.stateDir, 'disks'));
+    this.pollMs = opts.pollMs ?? 200;
+  }
+
+  paths(spec: InstanceSpec): InstancePaths {
+    return instancePaths(this.stateDir, spec.id);
+  }
+
+  private qmp<T>(spec: InstanceSpec, fn: (q: QmpClient) => Promise<T>): Promise<T> {
+    return withQmp(this.paths(spec).qmp, fn);
+  }
+
+  private async requireLive(spec: InstanceSpec): Promise<InstancePaths> {
+    const p = this.paths(spec);
+    if ((await livePid(p)) === null) {
+      throw new FerryError(ErrorTypes.InstanceNotRunning, `instance ${spec.id} has no QEMU process on this node (state dir ${p.dir})`);
+    }
+    return p;
+  }
+
+  async state(spec: InstanceSpec): Promise<RuntimeState> {
+    const p = this.paths(spec);
+    if ((await livePid(p)) === null) return 'absent';
+    const st = await withQmp(p.qmp, (q) => q.execute<{ status: string; running: boolean }>('query-status'));
+    if (st.running) return 'running';
+    if (st.status === 'inmigrate') return 'incoming';
+    if (st.status === 'shutdown' || st.status === 'guest-panicked' || st.status === 'internal-error') return 'stopped';
+    return 'paused';
+  }
+
+  async start(spec: InstanceSpec): Promise<void> {
+    this.checkSpec(spec);
+    const p = this.paths(spec);
+    if ((await livePid(p)) !== null) return;
+    await ensureDisk(spec.diskPath, spec.diskBytes);
+    await launchQemu({ spec, paths: p, diskPath: spec.diskPath, incoming: false, netns: this.opts.netns, qemuBinary: this.opts.qemuBinary });
+  }
+
+  private checkSpec(spec: InstanceSpec): void {
+    if (spec.hypervisor !== 'qemu') {
+      throw new FerryError(ErrorTypes.HypervisorMismatch, `instance ${spec.id} is a ${spec.hypervisor} guest; this node runs QEMU`);
+    }
+    if (!Number.isSafeInteger(spec.diskBytes) || spec.diskBytes <= 0 || spec.diskBytes % 512 !== 0) {
+      throw new FerryError(ErrorTypes.BadInput, `disk size ${spec.diskBytes} must be a positive multiple of 512`);
+    }
+    this.paths(spec); // validates the id
+  }
+
+  async checkMigratable(spec: InstanceSpec): Promise<void> {
+    this.checkSpec(spec);
+    const bin = this.opts.qemuBinary ?? DEFAULT_QEMU;
+    try {
+      await execFileP(bin, ['--version']);
+    } catch {
+      throw new FerryError(ErrorTypes.DriverError, `${bin} not found or not runnable on this node: install qemu-system-x86`);
+    }
+    for (const f of [spec.boot?.kernel, spec.boot?.initrd]) {
+      if (f === undefined) continue;
+      try {
+        await access(f);
+      } catch {
+        throw new FerryError(ErrorTypes.BadInput, `boot file ${f} of ${spec.id} is missing on this node`);
+      }
+    }
+    if (!spec.boot?.kernel) throw new FerryError(ErrorTypes.BadInput, `instance ${spec.id} has no boot kernel`);
+  }
+
+  // --- destination side ---
+
+  destinationDiskPath(spec: InstanceSpec): string {
+    instancePaths(this.stateDir, spec.id);
+    return join(this.diskDir, `${spec.id}.raw`);
+  }
+
+  async prepareDestination(spec: InstanceSpec, opts: { listenHost: string }): Promise<{ memoryUri: string }> {
+    this.checkSpec(spec);
+    if (!/^[0-9a-zA-Z.-]{1,253}$/.test(opts.listenHost)) throw new FerryError(ErrorTypes.BadInput, `bad listen host ${JSON.stringify(opts.listenHost)}`);
+    const p = this.paths(spec);
+    const disk = this.destinationDiskPath(spec);
+    if (resolve(disk) === resolve(spec.diskPath) && (await livePid(p)) === null && (await exists(disk))) {
+      // The source's own disk on this very host: never overwrite it.
+      throw new FerryError(ErrorTypes.InvalidDestination, `destination disk ${disk} is the source disk of ${spec.id}`);
+    }
+    if ((await livePid(p)) === null) {
+      await rm(p.memoryUri, { force: true });
+      await ensureDisk(disk, spec.diskBytes);
+      await launchQemu({ spec, paths: p, diskPath: disk, incoming: true, netns: this.opts.netns, qemuBinary: this.opts.qemuBinary });
+    }
+    try {
+      const saved = (await readFile(p.memoryUri, 'utf8')).trim();
+      if (saved) return { memoryUri: saved };
+    } catch {
+      // not listening yet
+    }
+    const memoryUri = await this.qmp(spec, async (q) => {
+      const st = await q.execute<{ status: string }>('query-status');
+      if (st.status !== 'inmigrate') throw new FerryError(ErrorTypes.DriverError, `destination ${spec.id} is ${st.status}, not waiting for memory`);
+      const listening = (i: MigrationInfo) => i['socket-address']?.find((a) => a.port && a.port !== '0')?.port;
+      // A crash after migrate-incoming but before saving the URI: QEMU already listens.
+      let port = listening(await q.execute<MigrationInfo>('query-migrate'));
+      if (!port) {
+        // Port 0: the kernel picks a free port in this namespace; QEMU reports it in socket-address.
+        await q.execute('migrate-incoming', { uri: `tcp:${opts.listenHost}:0` });
+        port = listening(await q.execute<MigrationInfo>('query-migrate'));
+      }
+      if (!port) throw new FerryError(ErrorTypes.DriverError, `QEMU did not report the incoming migration port of ${spec.id}`);
+      return `tcp:${opts.listenHost}:${port}`;
+    });
+    await writeFile(p.memoryUri, memoryUri);
+    return { memoryUri };
+  }
+
+  async resume(spec: InstanceSpec): Promise<void> {
+    await this.requireLive(spec);
+    const deadline = Date.now() + 300_000;
+    for (;;) {
+      const done = await this.qmp(spec, async (q) => {
+        const st = await q.execute<{ status: string; running: boolean }>('query-status');
+        if (st.running) return true;
+        if (st.status === 'inmigrate') {
+          const mi = await q.execute<MigrationInfo>('query-migrate');
+          if (mi.status === 'failed') throw memoryError(`incoming migration of ${spec.id} failed: ${mi['error-desc'] ?? 'no reason given'}`);
+          return false; // memory still arriving
+        }
+        await q.execute('cont');
+        return true;
+      });
+      if (done) return;
+      if (Date.now() > deadline) throw memoryError(`destination ${spec.id} still waiting for memory after 300 s`);
+      await sleep(this.pollMs);
+    }
+  }
+
+  async abortDestination(spec: InstanceSpec): Promise<void> {
+    const p = this.paths(spec);
+    if ((await livePid(p)) !== null && (await this.state(spec)) === 'running') {
+      throw new FerryError(ErrorTypes.DriverError, `refusing to abort ${spec.id} here: it already runs on this node`);
+    }
+    await stopQemu(p, 0);
+    await rm(this.destinationDiskPath(spec), { force: true });
+    await rm(p.dir, { recursive: true, force: true });
+  }
+
+  // --- source side ---
+
+  async startDirtyTracking(spec: InstanceSpec): Promise<void> {
+    const p = await this.requireLive(spec);
+    const g = spec.extra?.dirtyGranularity;
+    await startTracking(p, typeof g === 'number' ? g : DEFAULT_GRANULARITY);
+  }
+
+  async takeDirtyRound(spec: InstanceSpec, round: number): Promise<Extent[]> {
+    return takeRound(await this.requireLive(spec), round);
+  }
+
+  async openDisk(spec: InstanceSpec): Promise<BlockSource> {
+    const p = await this.requireLive(spec);
+    await withQmp(p.qmp, (q) => ensureExport(q, p, LIVE_EXPORT));
+    return NbdBlockSource.open(p.nbd, LIVE_EXPORT);
+  }
+
+  async stopDirtyTracking(spec: InstanceSpec): Promise<void> {
+    const p = this.paths(spec);
+    if ((await livePid(p)) === null) {
+      await rm(p.tracking, { force: true });
+      await rm(p.rounds, { recursive: true, force: true });
+      return;
+    }
+    await withQmp(p.qmp, (q) => stopTracking(p, q));
+  }
+
+  async migrateMemory(
+    spec: InstanceSpec,
+    memoryUri: string,
+    opts: { downtimeMs: number; bandwidthBytesPerSec?: number; onProgress?: (p: MemoryProgress) => void },
+  ): Promise<void> {
+    if (!/^tcp:[0-9a-zA-Z.-]+:\d{1,5}$/.test(memoryUri)) throw new FerryError(ErrorTypes.BadInput, `bad memory URI ${JSON.stringify(memoryUri)}`);
+    if (!Number.isFinite(opts.downtimeMs) || opts.downtimeMs <= 0) throw new FerryError(ErrorTypes.BadInput, `bad downtime ${opts.downtimeMs}`);
+    await this.requireLive(spec);
+    await this.qmp(spec, async (q) => {
+      const info = await q.execute<MigrationInfo>('query-migrate');
+      if (info.status && IN_PROGRESS.has(info.status)) return; // a retry: the migration already runs
+      if (info.status === 'completed') return;
+      await q.execute('migrate-set-capabilities', { capabilities: [{ capability: 'pause-before-switchover', state: true }] });
+      await q.execute('migrate-set-parameters', {
+        'downtime-limit': Math.max(1, Math.round(opts.downtimeMs)),
+        // QEMU's default cap is 32 MiB/s; without a cap from the caller, let the link decide.
+        'max-bandwidth': Math.round(opts.bandwidthBytesPerSec && opts.bandwidthBytesPerSec > 0 ? opts.bandwidthBytesPerSec : 1e12),
+      });
+      await q.execute('migrate', { uri: memoryUri });
+    });
+    for (;;) {
+      const info = await this.qmp(spec, (q) => q.execute<MigrationInfo>('query-migrate'));
+      opts.onProgress?.({
+        status: info.status ?? 'none',
+        transferredBytes: info.ram?.transferred ?? 0,
+        remainingBytes: info.ram?.remaining ?? 0,
+        totalBytes: info.ram?.total ?? 0,
+        dirtyPagesRate: info.ram?.['dirty-pages-rate'],
+      });
+      switch (info.status) {
+        case 'pre-switchover':
+        case 'completed':
+          return;
+        case 'failed':
+          throw memoryError(`memory migration of ${spec.id} failed: ${info['error-desc'] ?? 'no reason given'}`);
+        case 'cancelled':
+        case 'cancelling':
+          throw new FerryError(ErrorTypes.MigrationCancelled, `memory migration of ${spec.id} was cancelled`);
+        case undefined:
+        case 'none':
+          throw memoryError(`memory migration of ${spec.id} is not running`);
+      }
+      await sleep(this.pollMs);
+    }
+  }
+
+  async switchover(spec: InstanceSpec): Promise<MemoryResult> {
+    await this.requireLive(spec);
+    const first = await this.qmp(spec, async (q) => {
+      const info = await q.execute<MigrationInfo>('query-migrate');
+      if (info.status === 'completed') return info;
+      if (info.status !== 'pre-switchover') throw memoryError(`cannot switch ${spec.id} over: migration is ${info.status ?? 'not running'}`);
+      // QEMU cannot inactivate a disk that an NBD export holds; the final sync is done by now.
+      await removeExports(q);
+      await q.execute('nbd-server-stop').catch(() => undefined);
+      await q.execute('migrate-continue', { state: 'pre-switchover' });
+      return null;
+    });
+    let info = first;
+    while (!info) {
+      await sleep(this.pollMs);
+      const mi = await this.qmp(spec, (q) => q.execute<MigrationInfo>('query-migrate'));
+      if (mi.status === 'completed') info = mi;
+      else if (mi.status === 'failed' || mi.status === 'cancelled') {
+        throw memoryError(`switchover of ${spec.id} failed: ${mi['error-desc'] ?? mi.status}`);
+      }
+    }
+    return { totalMs: info['total-time'] ?? 0, downtimeMs: info.downtime, transferredBytes: info.ram?.transferred ?? 0 };
+  }
+
+  async cancelMigration(spec: InstanceSpec): Promise<void> {
+    const p = this.paths(spec);
+    if ((await livePid(p)) === null) throw new FerryError(ErrorTypes.InstanceNotRunning, `source ${spec.id} has no QEMU process: nothing to resume`);
+    let info = await this.qmp(spec, (q) => q.execute<MigrationInfo>('query-migrate'));
+    if (info.status === 'completed') {
+      throw new FerryError(ErrorTypes.DriverError, `migration of ${spec.id} already switched over; it cannot be cancelled`);
+    }
+    if (info.status && IN_PROGRESS.has(info.status)) {
+      await this.qmp(spec, (q) => q.execute('migrate_cancel'));
+      const deadline = Date.now() + 60_000;
+      while (info.status && IN_PROGRESS.has(info.status)) {
+        if (Date.now() > deadline) throw new FerryError(ErrorTypes.DriverError, `migration of ${spec.id} does not cancel`);
+        await sleep(this.pollMs);
+        info = await this.qmp(spec, (q) => q.execute<MigrationInfo>('query-migrate'));
+      }
+      if (info.status === 'completed') throw new FerryError(ErrorTypes.DriverError, `migration of ${spec.id} completed before the cancel took effect`);
+    }
+    await this.qmp(spec, async (q) => {
+      const st = await q.execute<{ status: string; running: boolean }>('query-status');
+      if (!st.running && st.status !== 'shutdown') await q.execute('cont');
+    });
+  }
+
+  async retire(spec: InstanceSpec): Promise<void> {
+    const p = this.paths(spec);
+    if ((await livePid(p)) !== null) {
+      const st = await this.state(spec);
+      if (st === 'running') throw new FerryError(ErrorTypes.DriverError, `refusing to retire ${spec.id}: it is still running on this node`);
+      await withQmp(p.qmp, (q) => q.execute('quit')).catch(() => undefined);
+      await stopQemu(p, 5000);
+    }
+    await rm(spec.diskPath, { force: true });
+    await rm(p.dir, { recursive: true, force: true });
+  }
+}
+
+async function exists(f: string): Promise<boolean> {
+  try {
+    await access(f);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** A sparse raw disk of `bytes`; an existing one of the same size is kept (idempotent prepare). */
+async function ensureDisk(path: string, bytes: number): Promise<void> {
+  try {
+    const s = await stat(path);
+    if (s.size !== bytes) throw new FerryError(ErrorTypes.BadInput, `disk ${path} is ${s.size} bytes, expected ${bytes}`);
+    return;
+  } catch (e) {
+    if (e instanceof FerryError) throw e;
+  }
+  await mkdir(dirname(path), { recursive: true });
+  const fh = await open(path, 'wx');
+  try {
+    await fh.truncate(bytes);
+  } finally {
+    await fh.close();
+  }
+}
+
+export function createQemuDriver(opts: QemuDriverOptions): QemuDriver {
+  return new QemuDriver(opts);
+}

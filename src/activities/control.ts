@@ -89,7 +89,7 @@ export function createControlActivities(deps: { inventory: Inventory; log: Logge
       return guarded('releaseReservation', () => void inventory.release(args.migrationId));
     },
 
-    async commitMigration(args: { migrationId: string; instanceId: string; source: string; destination: string }): Promise<void> {
+    async commitMigration(args: { migrationId: string; instanceId: string; source: string; destination: string; diskPath?: string }): Promise<void> {
       return guarded('commitMigration', () => void inventory.commitMigration(args));
     },
 

@@ -30,6 +30,8 @@ export interface NodeActivityDeps {
 
 export interface PreparedDestination {
   memoryUri: string;
+  /** Where the instance's disk lives on the destination (the inventory records it at commit). */
+  diskPath: string;
   endpoint: ReceiverEndpoint;
   /** Acknowledged offset of each stream the receiver has seen: the resume points. */
   acked: Record<string, number>;
@@ -133,7 +135,7 @@ export function createNodeActivities(deps: NodeActivityDeps) {
           const a = open.receiver.ackedOffset(stream);
           if (a > 0) acked[stream] = a;
         }
-        return { memoryUri: open.memoryUri, endpoint: open.endpoint, acked };
+        return { memoryUri: open.memoryUri, diskPath: driver.destinationDiskPath(spec), endpoint: open.endpoint, acked };
       });
     },
 

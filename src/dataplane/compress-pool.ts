@@ -36,7 +36,9 @@ parentPort.on('message', (job) => {
     if (job.codec === 'lzo') {
       const c = lzo.compress(raw);
       if (c.length < raw.length) {
-        const own = c.byteOffset === 0 && c.byteLength === c.buffer.byteLength ? c : Buffer.from(c);
+        // Never Buffer.from(c): small copies come from the shared pool, whose ArrayBuffer must not be transferred.
+        let own = c;
+        if (c.byteOffset !== 0 || c.byteLength !== c.buffer.byteLength) { own = Buffer.allocUnsafeSlow(c.length); c.copy(own); }
         parentPort.postMessage({ id: job.id, wire: 1, crc, buf: own.buffer, len: own.length }, [own.buffer]);
         return;
       }
@@ -101,7 +103,12 @@ export class CompressPool {
       const { job, buf } = this.queue.shift()!;
       this.running.set(w, job);
       // Transfer, not copy, when the Buffer owns its whole ArrayBuffer (fresh reads do).
-      const own = buf.byteOffset === 0 && buf.byteLength === buf.buffer.byteLength ? buf : Buffer.from(buf);
+      // (allocUnsafeSlow, not Buffer.from: a small copy would land in the shared pool, not transferable.)
+      let own = buf;
+      if (buf.byteOffset !== 0 || buf.byteLength !== buf.buffer.byteLength) {
+        own = Buffer.allocUnsafeSlow(buf.length);
+        buf.copy(own);
+      }
       const ab = own.buffer as ArrayBuffer;
       w.postMessage({ id: job.id, codec: this.codec, buf: ab, byteOffset: 0, length: own.length }, [ab]);
     }

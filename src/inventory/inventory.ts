@@ -567,9 +567,11 @@ export class Inventory implements InventoryRepository {
           );
         }
         const t = now();
+        // The spec follows the instance: its disk now lives where the destination put it.
+        const spec = c.diskPath ? { ...instance.spec, diskPath: c.diskPath } : instance.spec;
         this.db
-          .prepare(`UPDATE instances SET host = ?, state = 'running', updated_at = ? WHERE id = ?`)
-          .run(c.destination, t, instance.id);
+          .prepare(`UPDATE instances SET host = ?, state = 'running', spec = ?, updated_at = ? WHERE id = ?`)
+          .run(c.destination, JSON.stringify(spec), t, instance.id);
         this.db
           .prepare(`UPDATE reservations SET released_at = ? WHERE migration_id = ? AND released_at IS NULL`)
           .run(t, c.migrationId);

@@ -77,11 +77,13 @@ export const commitInputSchema = z.strictObject({
   instanceId: idSchema,
   source: idSchema,
   destination: idSchema,
+  /** Where the disk lives on the destination, when its path differs from the source's. */
+  diskPath: z.string().min(1).max(4096).refine((p) => !p.includes('\0'), 'must not contain NUL').optional(),
 });
 export type CommitInput = z.input<typeof commitInputSchema>;
 
-export const beginInputSchema = commitInputSchema;
-export type BeginInput = CommitInput;
+export const beginInputSchema = commitInputSchema.omit({ diskPath: true });
+export type BeginInput = z.input<typeof beginInputSchema>;
 
 export const phaseSchema = z.enum([...PHASES, 'rolling-back', 'rolled-back', 'failed']);
 export const outcomeSchema = z.enum(['succeeded', 'rolled-back', 'failed', 'cancelled']);

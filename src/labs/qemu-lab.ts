@@ -13,6 +13,7 @@ import { ensureLabNetwork, labNodes as labNodeMap, runInNamespace, shapeMigratio
 
 const labNodes = Object.values(labNodeMap);
 import { startDevServer } from './temporal-dev.js';
+import { forwardTcp } from './tcp-forward.js';
 import { ensureGuestImage, guestAppend } from './guest-image.js';
 import { openInventory, type Inventory } from '../inventory/index.js';
 import { loadConfig } from '../config/index.js';
@@ -72,7 +73,11 @@ export async function startQemuLab(opts: LabOptions = {}) {
 
   const port = opts.temporalPort ?? 7233;
   log(`temporal dev server on ${LAB_TEMPORAL_IP}:${port} (web UI http://127.0.0.1:8233)`);
-  const temporal = await startDevServer({ ip: LAB_TEMPORAL_IP, port, dbFile: join(dir, 'temporal.db'), logFile: join(dir, 'logs/temporal.log') });
+  // A fresh history too: workflows of an earlier run would hold the instance ids of this one.
+  for (const f of ['', '-wal', '-shm']) await rm(join(dir, 'temporal.db') + f, { force: true });
+  const temporal = await startDevServer({ ip: '127.0.0.1', port, dbFile: join(dir, 'temporal.db'), logFile: join(dir, 'logs/temporal.log') });
+  const forward = await forwardTcp({ host: LAB_TEMPORAL_IP, port }, { host: '127.0.0.1', port });
+  const workerTemporalAddress = `${LAB_TEMPORAL_IP}:${port}`;
 
   // A lab starts from an empty inventory: the instances of an earlier run are gone with its QEMUs.
   const inventoryPath = join(dir, 'inventory.db');
@@ -81,7 +86,7 @@ export async function startQemuLab(opts: LabOptions = {}) {
   await writeFile(
     configPath,
     stringify({
-      temporal: { address: temporal.address, namespace: 'default' },
+      temporal: { address: workerTemporalAddress, namespace: 'default' },
       inventory: { path: inventoryPath },
       log: { level: 'info' },
     }),
@@ -100,6 +105,7 @@ export async function startQemuLab(opts: LabOptions = {}) {
   }
 
   const cfg = loadConfig({ file: configPath, env: {} });
+  cfg.temporal.address = temporal.address;
   const client: Client = await connectClient(cfg);
 
   const workers = new Map<string, ChildProcess>();
@@ -204,6 +210,7 @@ export async function startQemuLab(opts: LabOptions = {}) {
       // QEMUs run detached (they outlive workers by design); their command lines name the lab dir.
       if (o.killGuests !== false) await runToEnd(spawn('pkill', ['-KILL', '-f', `qemu-system-x86_64.*${dir}/`], { stdio: 'ignore' }), 'pkill').catch(() => undefined);
       await client.connection.close().catch(() => undefined);
+      await forward.close();
       inventory.close();
       await temporal.stop();
     },

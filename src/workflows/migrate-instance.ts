@@ -43,7 +43,7 @@ const control = proxyActivities<ControlActivities>({
 const controlForward = proxyActivities<ControlActivities>({
   taskQueue: CONTROL_TASK_QUEUE,
   startToCloseTimeout: '30s',
-  retry: { maximumAttempts: 0, maximumInterval: '30s' },
+  retry: { maximumInterval: '30s' }, // no maximumAttempts: unlimited
 });
 
 /** Activities of one host, on that host's queue. Checks fail fast when no worker serves the node. */
@@ -69,7 +69,7 @@ function nodeActivities(node: string) {
       taskQueue,
       startToCloseTimeout: '30m',
       heartbeatTimeout: '30s',
-      retry: { nonRetryableErrorTypes: [], maximumAttempts: 0, maximumInterval: '30s' },
+      retry: { nonRetryableErrorTypes: [], maximumInterval: '30s' }, // no maximumAttempts: unlimited
     }),
   };
 }
@@ -167,6 +167,7 @@ export async function migrateInstance(input: MigrateInput): Promise<MigrationRes
   let pausedAt = 0;
   let resumedAt = 0;
   let diskIdentical: boolean | undefined;
+  let destDiskPath: string | undefined;
   let memory: { totalMs: number; downtimeMs?: number; transferredBytes: number } = { totalMs: 0, transferredBytes: 0 };
 
   try {
@@ -181,6 +182,7 @@ export async function migrateInstance(input: MigrateInput): Promise<MigrationRes
       enter('prepare');
       undo.push({ name: 'remove destination', run: () => dst.quick.abortDestination({ migrationId, spec }) });
       let dest = await dst.quick.prepareDestination({ migrationId, spec, tls: options.tls });
+      destDiskPath = dest.diskPath;
       await hold('prepare');
 
       // --- 4. dirty tracking on the source disk, before the first byte is read ---
@@ -300,7 +302,7 @@ export async function migrateInstance(input: MigrateInput): Promise<MigrationRes
 
     // --- 9. commit the inventory: one idempotent transaction ---
     enter('commit');
-    await controlForward.commitMigration({ migrationId, instanceId: spec.id, source: source.name, destination: destination.name });
+    await controlForward.commitMigration({ migrationId, instanceId: spec.id, source: source.name, destination: destination.name, diskPath: destDiskPath });
 
     // --- 10. clean up the source ---
     enter('cleanup');

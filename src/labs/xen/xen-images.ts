@@ -1,0 +1,200 @@
+// Builds what the Xen lab boots, once, into the git-ignored cache `.cache/xen/`: a Debian dom0 root
+// tree (debootstrap, reused when present), the Xen hypervisor unpacked from it, an ext4 image of
+// the tree (mkfs.ext4 -d: no loop mounts), and the PVH guest's kernel + initramfs.
+import { execFile, spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { createWriteStream } from 'node:fs';
+import { access, chmod, copyFile, mkdir, mkdtemp, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { dirname, join, relative, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+import { FerryError, ErrorTypes } from '../../shared/errors.js';
+import { ensureGuestImage } from '../guest-image.js';
+
+const execFileP = promisify(execFile);
+const here = dirname(fileURLToPath(import.meta.url));
+export const repoRoot = resolve(here, '../../..');
+
+/** Packages of the dom0 tree (lab-notes: xen-utils, sshd, and dm-era's userland for dirty tracking). */
+export const DOM0_PACKAGES = [
+  'xen-utils-4.17',
+  'xen-hypervisor-4.17-amd64',
+  'openssh-server',
+  'iproute2',
+  'kmod',
+  'linux-image-amd64',
+  'busybox',
+  'procps',
+  'dmsetup',
+  'thin-provisioning-tools',
+];
+
+/** Guest modules for a Xen PVH guest, in insmod order (dpkg-style trees have no modules.dep). */
+const XEN_GUEST_MODULES = ['xen-blkfront', 'xen-netfront'];
+
+export interface XenImages {
+  /** Uncompressed Xen hypervisor (QEMU's multiboot loader cannot read the .gz). */
+  xen: string;
+  dom0Kernel: string;
+  dom0Initrd: string;
+  /** ext4 image of the dom0 tree; booted with snapshot=on so it never changes. */
+  rootImage: string;
+  guestKernel: string;
+  guestInitrd: string;
+}
+
+async function exists(p: string): Promise<boolean> {
+  try {
+    await access(p);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+async function run(cmd: string, args: string[], opts: { cwd?: string; timeoutMs?: number } = {}): Promise<string> {
+  try {
+    const { stdout } = await execFileP(cmd, args, { cwd: opts.cwd, maxBuffer: 64 * 1024 * 1024, timeout: opts.timeoutMs ?? 0 });
+    return stdout;
+  } catch (err) {
+    const e = err as { stderr?: string; message: string };
+    throw new FerryError(ErrorTypes.DriverError, `${cmd} ${args.join(' ')} failed: ${(e.stderr || e.message).trim().slice(-2000)}`);
+  }
+}
+
+/** The debootstrap tree, built once (about 2 min, 850 MiB). */
+export async function ensureDom0Tree(cacheDir: string, log: (s: string) => void = () => undefined): Promise<string> {
+  const tree = join(cacheDir, 'rootfs');
+  if (await exists(join(tree, '.ferry-complete'))) return tree;
+  try {
+    await access('/usr/sbin/debootstrap');
+  } catch {
+    throw new FerryError(ErrorTypes.DriverError, 'debootstrap is not installed: apt-get install debootstrap');
+  }
+  const tmp = `${tree}.tmp`;
+  await rm(tmp, { recursive: true, force: true });
+  await mkdir(cacheDir, { recursive: true });
+  log('xen lab: debootstrap of the dom0 tree (a few minutes, once)');
+  await run('debootstrap', ['--variant=minbase', `--include=${DOM0_PACKAGES.join(',')}`, 'bookworm', tmp, 'http://deb.debian.org/debian'], {
+    timeoutMs: 30 * 60_000,
+  });
+  await writeFile(join(tmp, '.ferry-complete'), new Date().toISOString());
+  await rm(tree, { recursive: true, force: true });
+  await rename(tmp, tree);
+  return tree;
+}
+
+async function findOne(dir: string, re: RegExp, what: string): Promise<string> {
+  const hit = (await readdir(dir)).filter((f) => re.test(f)).sort().pop();
+  if (!hit) throw new FerryError(ErrorTypes.DriverError, `no ${what} in ${dir}`);
+  return join(dir, hit);
+}
+
+async function packCpio(dir: string, outFile: string): Promise<void> {
+  const entries = ['.'];
+  for (const ent of await readdir(dir, { withFileTypes: true, recursive: true })) {
+    entries.push(relative(dir, join(ent.parentPath ?? (ent as unknown as { path: string }).path, ent.name)));
+  }
+  await new Promise<void>((resolveP, reject) => {
+    const child = spawn('cpio', ['--quiet', '-o', '-H', 'newc', '--owner=0:0'], { cwd: dir, stdio: ['pipe', 'pipe', 'pipe'] });
+    const out = createWriteStream(outFile);
+    let stderr = '';
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    child.stdout.pipe(out);
+    child.on('error', reject);
+    child.on('close', (code) => {
+      out.on('close', () => (code === 0 ? resolveP() : reject(new FerryError(ErrorTypes.DriverError, `cpio failed: ${stderr}`))));
+      out.end();
+    });
+    child.stdin.end(entries.join('\n') + '\n');
+  });
+}
+
+/**
+ * The PVH guest: dom0's own Debian kernel (so its xen-blkfront/netfront modules match) and the QEMU
+ * lab's initramfs with a second cpio appended (the kernel unpacks concatenated archives in order,
+ * later files win): the Xen modules, an `order` file naming them, and `/xen-init`.
+ */
+async function ensureXenGuest(cacheDir: string, tree: string): Promise<{ kernel: string; initrd: string }> {
+  const base = await ensureGuestImage(join(repoRoot, '.cache/guest'));
+  const kernelSrc = await findOne(join(tree, 'boot'), /^vmlinuz-/, 'dom0 kernel');
+  const version = kernelSrc.slice(kernelSrc.lastIndexOf('vmlinuz-') + 'vmlinuz-'.length);
+  const wrapper = await readFile(join(scriptDir(), 'guest-init-xen'));
+  const h = createHash('sha256').update(await readFile(base.initrd)).update(wrapper).update(version).digest('hex').slice(0, 16);
+  const dir = join(cacheDir, 'guest');
+  const kernel = join(dir, 'vmlinuz');
+  const initrd = join(dir, `initrd-${h}.cpio`);
+  if ((await exists(kernel)) && (await exists(initrd))) return { kernel, initrd };
+  await mkdir(dir, { recursive: true });
+  await copyFile(kernelSrc, kernel);
+  const staging = await mkdtemp(join(dir, 'staging-'));
+  try {
+    await mkdir(join(staging, 'lib', 'modules'), { recursive: true });
+    const modRoot = join(tree, 'lib', 'modules', version);
+    const all = await readdir(modRoot, { recursive: true });
+    for (const m of XEN_GUEST_MODULES) {
+      const rel = all.find((p) => /\.ko(\.xz)?$/.test(p) && p.slice(p.lastIndexOf('/') + 1).replace(/\.ko(\.xz)?$/, '') === m);
+      if (!rel) throw new FerryError(ErrorTypes.DriverError, `module ${m} not found under ${modRoot}`);
+      const dest = join(staging, 'lib', 'modules', `${m}.ko`);
+      if (rel.endsWith('.xz')) {
+        const raw = await execFileP('/bin/busybox', ['xz', '-dc', join(modRoot, rel)], { encoding: 'buffer', maxBuffer: 64 * 1024 * 1024 });
+        await writeFile(dest, raw.stdout);
+      } else {
+        await copyFile(join(modRoot, rel), dest);
+      }
+    }
+    await writeFile(join(staging, 'lib', 'modules', 'order'), XEN_GUEST_MODULES.join('\n') + '\n');
+    await writeFile(join(staging, 'xen-init'), wrapper);
+    await chmod(join(staging, 'xen-init'), 0o755);
+    const extra = join(dir, 'extra.cpio');
+    await packCpio(staging, extra);
+    const tmp = `${initrd}.tmp`;
+    await writeFile(tmp, Buffer.concat([await readFile(base.initrd), await readFile(extra)]));
+    await rename(tmp, initrd);
+    await rm(extra, { force: true });
+  } finally {
+    await rm(staging, { recursive: true, force: true });
+  }
+  return { kernel, initrd };
+}
+
+function scriptDir(): string {
+  // From dist/ the scripts stay in src/.
+  return here.includes(`${'/dist/'}`) ? join(repoRoot, 'src/labs/xen') : here;
+}
+
+export async function ensureXenImages(cacheDir = join(repoRoot, '.cache/xen'), log: (s: string) => void = () => undefined): Promise<XenImages> {
+  cacheDir = resolve(cacheDir);
+  const tree = await ensureDom0Tree(cacheDir, log);
+  const boot = join(tree, 'boot');
+  const xen = join(cacheDir, 'xen-4.17');
+  if (!(await exists(xen))) {
+    const gz = await findOne(boot, /^xen-4\.17.*\.gz$/, 'Xen hypervisor (.gz)');
+    const raw = await execFileP('gzip', ['-dc', gz], { encoding: 'buffer', maxBuffer: 256 * 1024 * 1024 });
+    await writeFile(`${xen}.tmp`, raw.stdout);
+    await rename(`${xen}.tmp`, xen);
+  }
+  const dom0Kernel = await findOne(boot, /^vmlinuz-/, 'dom0 kernel');
+  const dom0Initrd = await findOne(boot, /^initrd\.img-/, 'dom0 initramfs');
+
+  // The image name carries the init script's hash: editing the script rebuilds the image.
+  const init = await readFile(join(scriptDir(), 'dom0-init'));
+  const h = createHash('sha256').update(init).digest('hex').slice(0, 12);
+  const rootImage = join(cacheDir, `dom0-${h}.ext4`);
+  if (!(await exists(rootImage))) {
+    log('xen lab: ext4 image of the dom0 tree');
+    await mkdir(join(tree, 'usr/local/sbin'), { recursive: true });
+    await writeFile(join(tree, 'usr/local/sbin/ferry-dom0-init'), init);
+    await chmod(join(tree, 'usr/local/sbin/ferry-dom0-init'), 0o755);
+    // Host keys are per host (second disk); the ones debootstrap generated would be shared.
+    for (const f of await readdir(join(tree, 'etc/ssh'))) {
+      if (f.startsWith('ssh_host_')) await rm(join(tree, 'etc/ssh', f));
+    }
+    const tmp = `${rootImage}.tmp`;
+    await rm(tmp, { force: true });
+    await run('mkfs.ext4', ['-q', '-F', '-L', 'ferry-dom0', '-d', tree, tmp, '2G']);
+    await rename(tmp, rootImage);
+  }
+  const guest = await ensureXenGuest(cacheDir, tree);
+  return { xen, dom0Kernel, dom0Initrd, rootImage, guestKernel: guest.kernel, guestInitrd: guest.initrd };
+}

@@ -10,6 +10,7 @@ import type { HypervisorDriver, InstanceSpec } from '../drivers/driver.js';
 import { DiskReceiver } from '../dataplane/receiver.js';
 import { sendStream } from '../dataplane/sender.js';
 import { sha256OfSource } from '../dataplane/digest.js';
+import { openFileSource } from '../dataplane/file-source.js';
 import type { ReceiverEndpoint, TransferProgress } from '../dataplane/types.js';
 import type { MigrationOptions } from '../shared/options.js';
 import { progressSignal } from '../shared/messages.js';
@@ -33,8 +34,6 @@ export interface PreparedDestination {
   /** Where the instance's disk lives on the destination (the inventory records it at commit). */
   diskPath: string;
   endpoint: ReceiverEndpoint;
-  /** Acknowledged offset of each stream the receiver has seen: the resume points. */
-  acked: Record<string, number>;
 }
 
 export interface StreamResult extends TransferProgress {
@@ -130,12 +129,7 @@ export function createNodeActivities(deps: NodeActivityDeps) {
           open = { receiver, endpoint: receiver.endpoint(), memoryUri };
           receivers.set(migrationId, open);
         }
-        const acked: Record<string, number> = {};
-        for (const stream of ['bulk', 'final', ...Array.from({ length: 64 }, (_, i) => `round-${i + 1}`)]) {
-          const a = open.receiver.ackedOffset(stream);
-          if (a > 0) acked[stream] = a;
-        }
-        return { memoryUri: open.memoryUri, diskPath: driver.destinationDiskPath(spec), endpoint: open.endpoint, acked };
+        return { memoryUri: open.memoryUri, diskPath: driver.destinationDiskPath(spec), endpoint: open.endpoint };
       });
     },
 
@@ -164,8 +158,8 @@ export function createNodeActivities(deps: NodeActivityDeps) {
 
     /**
      * Streams the whole disk (`bulk`) or one frozen dirty round to the destination's receiver.
-     * Resumes from the last acknowledged offset: this attempt's heartbeat details if a previous
-     * attempt got that far, else what the receiver reported.
+     * Resumes from the last acknowledged offset: the previous attempt's heartbeat details, or
+     * (larger, when the receiver outlived this worker) what the receiver itself acknowledged.
      */
     async sendDisk(args: {
       migrationId: string;
@@ -173,7 +167,6 @@ export function createNodeActivities(deps: NodeActivityDeps) {
       endpoint: ReceiverEndpoint;
       streamId: string;
       round?: number;
-      resumeOffset: number;
       options: MigrationOptions;
     }): Promise<StreamResult> {
       return guarded('sendDisk', async () => {
@@ -181,8 +174,7 @@ export function createNodeActivities(deps: NodeActivityDeps) {
         const ctx = Context.current();
         const extents: Extent[] =
           args.round === undefined ? [{ offset: 0, length: spec.diskBytes }] : await driver.takeDirtyRound(spec, args.round);
-        const heartbeatOffset = (ctx.info.heartbeatDetails as { ackedOffset?: number } | undefined)?.ackedOffset ?? 0;
-        const startOffset = Math.max(heartbeatOffset, args.resumeOffset);
+        const startOffset = (ctx.info.heartbeatDetails as { ackedOffset?: number } | undefined)?.ackedOffset ?? 0;
         const dirtyBytes = totalLength(extents);
         const report = reporter(args.migrationId);
         const source = await driver.openDisk(spec);
@@ -274,8 +266,7 @@ export function createNodeActivities(deps: NodeActivityDeps) {
   };
 }
 
-async function openDestinationDisk(driver: HypervisorDriver, spec: InstanceSpec) {
-  const { openFileSource } = await import('../dataplane/file-source.js');
+function openDestinationDisk(driver: HypervisorDriver, spec: InstanceSpec) {
   return openFileSource(driver.destinationDiskPath(spec));
 }
 

@@ -66,6 +66,7 @@ export interface InventoryRepository {
   findInstance(id: string): InstanceRecord | undefined;
   listInstances(filter?: { host?: string }): InstanceRecord[];
   setInstanceState(id: string, state: InstanceState): InstanceRecord;
+  removeInstance(id: string): { changed: boolean };
   freeCapacity(node: string): Resources;
   reserve(input: ReserveInput): ReservationRecord;
   getReservation(migrationId: string): ReservationRecord | undefined;
@@ -324,6 +325,25 @@ export class Inventory implements InventoryRepository {
       );
     }
     return (this.db.prepare(`SELECT * FROM instances ORDER BY id`).all() as InstanceRow[]).map(instanceFromRow);
+  }
+
+  /** Forgets an instance (it was deleted on its host). Refused while a migration holds it. */
+  removeInstance(id: string): { changed: boolean } {
+    const instanceId = parseInput(idSchema, id, 'instance id');
+    return this.db
+      .transaction(() => {
+        const live = this.db
+          .prepare(`SELECT migration_id FROM reservations WHERE instance_id = ? AND released_at IS NULL`)
+          .get(instanceId) as { migration_id: string } | undefined;
+        if (live) {
+          throw new FerryError(ErrorTypes.BadInput, `instance ${instanceId} is being migrated (${live.migration_id}): cancel that first`);
+        }
+        // Released reservations are spent; the migration log keeps the history.
+        this.db.prepare(`DELETE FROM reservations WHERE instance_id = ?`).run(instanceId);
+        const r = this.db.prepare(`DELETE FROM instances WHERE id = ?`).run(instanceId);
+        return { changed: r.changes > 0 };
+      })
+      .immediate();
   }
 
   setInstanceState(id: string, state: InstanceState): InstanceRecord {

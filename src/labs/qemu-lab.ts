@@ -99,7 +99,7 @@ export async function startQemuLab(opts: LabOptions = {}) {
         hypervisor: 'qemu',
         controlAddress: n.mgmtAddress,
         dataAddress: n.dataAddress,
-        capacity: { vcpus: 8, memoryMiB: 4096, diskBytes: 64 * 1024 * MiB },
+        capacity: { vcpus: 16, memoryMiB: 8192, diskBytes: 64 * 1024 * MiB },
       });
     }
   }
@@ -197,6 +197,16 @@ export async function startQemuLab(opts: LabOptions = {}) {
       await runToEnd(runInNamespace(n.netns, cmd!, [...rest, JSON.stringify(spec)], { env: { ...process.env, FERRY_STATE_DIR: stateDir }, stdio: ['ignore', 'pipe', 'pipe'] }), `boot ${g.id} on ${nodeName}`);
       inventory.addInstance({ spec, host: nodeName });
       return spec;
+    },
+
+    /** Kills a guest wherever it runs and forgets it: its QEMU, state and disk on both nodes. */
+    async destroyGuest(spec: InstanceSpec) {
+      await runToEnd(spawn('pkill', ['-KILL', '-f', `qemu-system-x86_64.*${dir}/nodes/[^/]+/${spec.id}/`], { stdio: 'ignore' }), 'pkill').catch(() => undefined);
+      for (const n of labNodes) {
+        await rm(join(nodeStateDir(n.name), spec.id), { recursive: true, force: true });
+        await rm(join(nodeStateDir(n.name), 'disks', `${spec.id}.raw`), { force: true });
+      }
+      inventory.removeInstance(spec.id);
     },
 
     /** Where the guest's request port answers from the root namespace, on each node. */

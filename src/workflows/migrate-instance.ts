@@ -201,7 +201,6 @@ export async function migrateInstance(input: MigrateInput): Promise<MigrationRes
               endpoint: dest.endpoint,
               streamId,
               round,
-              resumeOffset: dest.acked[streamId] ?? 0,
               options,
             });
             diskWireBytes += r.wireBytes;

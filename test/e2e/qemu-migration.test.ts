@@ -1,7 +1,7 @@
 // End to end, all real: a Temporal dev server, the controller worker, a node worker inside each of
 // two network namespaces, QEMU guests (TCG) that count in memory, write records to their disks and
 // answer requests while Ferry moves them.
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { existsSync } from 'node:fs';
 import { WorkflowFailedError } from '@temporalio/client';
 import { Worker } from '@temporalio/worker';
@@ -18,6 +18,12 @@ let lab: Lab;
 beforeAll(async () => {
   lab = await startQemuLab({ dir: '/var/tmp/ferry-e2e', temporalPort: 7243, log: (l) => console.log(`[lab] ${l}`) });
   await lab.startWorkers();
+});
+
+// Guests cost CPU (TCG) and inventory capacity: each test's guests go when the test ends.
+const booted: InstanceSpec[] = [];
+afterEach(async () => {
+  for (const spec of booted.splice(0)) await lab.destroyGuest(spec);
 });
 
 afterAll(async () => {
@@ -37,6 +43,7 @@ function countsOf(node: string) {
 
 async function boot(id: string, extra: Partial<Parameters<Lab['bootGuest']>[0]> = {}): Promise<InstanceSpec> {
   const spec = await lab.bootGuest({ id, node: 'node-a', memoryMiB: 128, diskMiB: 64, rate: 5, ...extra });
+  booted.push(spec);
   await waitForGuest(lab, spec, 'node-a');
   return spec;
 }

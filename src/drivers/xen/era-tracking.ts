@@ -88,16 +88,27 @@ export async function checkpoint(ex: Executor, id: string): Promise<number> {
   return currentEra(ex, id);
 }
 
-/** Parses era_invalidate's XML (`<block block="N"/>`, `<range begin="A" end="B"/>`, end exclusive). */
+/**
+ * Parses era_invalidate's XML: `<block block="N"/>` and `<range begin="A" end = "B"/>` (end
+ * exclusive; thin-provisioning-tools 0.9 really prints spaces around the second `=`).
+ */
 export function parseEraInvalidate(xml: string, diskBytes: number): Extent[] {
   const blockBytes = ERA_BLOCK_SECTORS * 512;
   const out: Extent[] = [];
-  for (const m of xml.matchAll(/<block\s+block="(\d+)"\s*\/>/g)) out.push({ offset: Number(m[1]) * blockBytes, length: blockBytes });
-  for (const m of xml.matchAll(/<range\s+begin="(\d+)"\s+end="(\d+)"\s*\/>/g)) {
+  for (const m of xml.matchAll(/<block\s+block\s*=\s*"(\d+)"\s*\/>/g)) out.push({ offset: Number(m[1]) * blockBytes, length: blockBytes });
+  for (const m of xml.matchAll(/<range\s+begin\s*=\s*"(\d+)"\s+end\s*=\s*"(\d+)"\s*\/>/g)) {
     const a = Number(m[1]);
     const b = Number(m[2]);
     out.push({ offset: a * blockBytes, length: (b - a) * blockBytes });
   }
+  // Anything else in the output means a format we do not know: losing dirty blocks silently
+  // would corrupt the destination, so refuse.
+  const rest = xml
+    .replace(/<block\s+block\s*=\s*"\d+"\s*\/>/g, '')
+    .replace(/<range\s+begin\s*=\s*"\d+"\s+end\s*=\s*"\d+"\s*\/>/g, '')
+    .replace(/<\/?blocks>/g, '')
+    .trim();
+  if (rest) throw new FerryError(ErrorTypes.DriverError, `unexpected era_invalidate output: ${JSON.stringify(xml.slice(0, 300))}`);
   // The last block may run past the end of a disk that is not a multiple of 64 KiB.
   return normalizeExtents(out)
     .filter((e) => e.offset < diskBytes)

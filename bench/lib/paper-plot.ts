@@ -8,9 +8,21 @@ import { throughputSeries } from './paper-report.js';
 
 const LABEL: Record<string, string> = { ferry: 'Ferry (Temporal workflow, LZO + dirty rounds)', baseline: 'Baseline (libvirt-style blockdev-mirror + migrate)' };
 
+/**
+ * One colour per kind of work, the same for both methods: greys for bookkeeping, blues for the
+ * disk, purple for memory, reds for the time the guest is paused.
+ */
+const PHASE_COLORS: [string, string][] = [
+  ['validate', '#d9d9d9'], ['reserve', '#bdbdbd'], ['prepare', '#969696'], ['track', '#737373'],
+  ['bulk-copy', '#4e79a7'], ['disk-mirror', '#4e79a7'], ['dirty-rounds', '#a0cbe8'],
+  ['memory', '#b07aa1'],
+  ['final-sync', '#e15759'], ['resume', '#ff9d9a'], ['paused', '#e15759'],
+  ['commit', '#59a14f'], ['cleanup', '#8cd17d'],
+];
+
 function bands(r: RunRecord) {
-  // Bands shorter than 0.3 s are invisible at this scale; they still appear in the JSON.
-  return r.phases.filter((p) => p.endMs - p.startMs >= 300).map((p) => ({ phase: p.phase, start: p.startMs / 1000, end: p.endMs / 1000 }));
+  // Bands shorter than 0.1 s are invisible at this scale; they still appear in the JSON.
+  return r.phases.filter((p) => p.endMs - p.startMs >= 100).map((p) => ({ phase: p.phase, start: p.startMs / 1000, end: p.endMs / 1000 }));
 }
 
 function panel(r: RunRecord, kind: 'throughput' | 'response', xMax: number, yMax: number) {
@@ -21,7 +33,7 @@ function panel(r: RunRecord, kind: 'throughput' | 'response', xMax: number, yMax
     encoding: {
       x: { field: 'start', type: 'quantitative', scale: x.scale, title: x.title },
       x2: { field: 'end' },
-      color: { field: 'phase', type: 'nominal', title: 'phase', scale: { scheme: 'tableau10' } },
+      color: { field: 'phase', type: 'nominal', title: 'phase', scale: { domain: PHASE_COLORS.map((c) => c[0]), range: PHASE_COLORS.map((c) => c[1]) } },
       tooltip: [{ field: 'phase' }, { field: 'start' }, { field: 'end' }],
     },
   };

@@ -32,7 +32,8 @@ export function throughputSeries(r: RunRecord): { t: number; rps: number }[] {
   const counts = new Map<number, number>();
   for (let b = first; b <= last; b++) counts.set(b, 0);
   for (const s of r.samples) if (s.ms !== null) counts.set(Math.floor(s.t / 1000), (counts.get(Math.floor(s.t / 1000)) ?? 0) + 1);
-  return [...counts].map(([t, rps]) => ({ t, rps }));
+  // The first and last buckets are partial (the client started or stopped inside them).
+  return [...counts].filter(([t]) => t > first && t < last).map(([t, rps]) => ({ t, rps }));
 }
 
 /** Median duration of each phase across runs, in the order the phases happen. */

@@ -4,7 +4,7 @@
 // stops the guest it moved, so the next one starts on an idle machine.
 import { rm } from 'node:fs/promises';
 import type { Lab } from '../../src/labs/qemu-lab.js';
-import { labNodes } from '../../src/labs/lab-network.js';
+import { labNodes, shapeMigrationLink } from '../../src/labs/lab-network.js';
 import { startProber, stat, type ProbeSample } from '../../src/labs/guest-client.js';
 import { CONTROL_TASK_QUEUE, MIGRATE_WORKFLOW_TYPE, migrationWorkflowId } from '../../src/shared/names.js';
 import { SA_DESTINATION, SA_INSTANCE } from '../../src/shared/search-attributes.js';
@@ -28,6 +28,8 @@ export interface RunSettings {
   probeMs: number;
   /** Seconds probed before the migration starts and after it ends. */
   marginS: number;
+  /** The shaped link rate; re-applied before every migration and checked after it. */
+  linkMbit: number;
   log: (line: string) => void;
 }
 
@@ -95,6 +97,15 @@ function linkSeries(samples: LinkSample[], t0: number): RunRecord['link'] {
   return out;
 }
 
+/**
+ * A run whose link carried clearly more than the shaped rate in some second was not shaped for
+ * all of it (something else touched the shared lab network): it does not count.
+ */
+export function linkViolation(r: Pick<RunRecord, 'link' | 'totalMs'>, linkMbit: number): string | undefined {
+  const peak = Math.max(0, ...r.link.filter((l) => l.t >= 0 && l.t <= r.totalMs).map((l) => l.mbit));
+  return peak > linkMbit * 1.2 ? `the link carried ${peak.toFixed(0)} Mbit/s in one second, over the ${linkMbit} Mbit/s shaping: it was unshaped during the run` : undefined;
+}
+
 /** Turns "phase P began at T" events into bands that end where the next one begins. */
 export function spansFromTimeline(events: { phase: string; at: number }[], t0: number, endAt: number): PhaseSpan[] {
   const spans: PhaseSpan[] = [];
@@ -135,6 +146,8 @@ export async function runOnce(
     prober = startProber(addrs, s.probeMs);
     sampler = startLinkSampler(A.netns);
     await sleep(s.marginS * 1000);
+    // The lab network is shared: another process may have unshaped the link since the last run.
+    await shapeMigrationLink(s.linkMbit);
     const before = await readLinkCounters(A.netns);
     const t0 = Date.now();
     s.log(`${id}: migrating with ${method}`);
@@ -152,6 +165,7 @@ export async function runOnce(
     rec.requests = { sent: probe.requests, answered: probe.answered };
     rec.link = linkSeries(await sampler.stop(), t0);
     sampler = undefined;
+    rec.error ??= linkViolation(rec, s.linkMbit);
     rec.ok = rec.error === undefined;
     return rec;
   } catch (err) {

@@ -12,7 +12,7 @@ import { sendStream } from '../dataplane/sender.js';
 import { sha256OfSource } from '../dataplane/digest.js';
 import { openFileSource } from '../dataplane/file-source.js';
 import type { ReceiverEndpoint, TransferProgress } from '../dataplane/types.js';
-import type { MigrationOptions } from '../shared/options.js';
+import { memoryDowntimeMs, type MigrationOptions } from '../shared/options.js';
 import { progressSignal } from '../shared/messages.js';
 import { FerryError, ErrorTypes, toFailure } from '../shared/errors.js';
 import { extentsFrom, totalLength, type Extent } from '../shared/extents.js';
@@ -217,7 +217,7 @@ export function createNodeActivities(deps: NodeActivityDeps) {
           await withHeartbeat(
             () =>
               driver.migrateMemory(spec, memoryUri, {
-                downtimeMs: options.downtimeMs,
+                downtimeMs: memoryDowntimeMs(options.downtimeMs),
                 bandwidthBytesPerSec: options.bandwidthBytesPerSec || undefined,
                 onProgress: (p) => {
                   last = p;

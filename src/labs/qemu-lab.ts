@@ -3,6 +3,7 @@
 // namespace, and guests booted on the hosts. Used by the demo, the end-to-end tests and the
 // benchmarks, so all three exercise the same deployment.
 import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { createWriteStream, existsSync } from 'node:fs';
 import { mkdir, rm, writeFile, truncate, open } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -55,6 +56,8 @@ export interface GuestOptions {
   servicePort?: number;
   /** Fill the disk with an ext4 file system built from this directory (real content). */
   contentDir?: string;
+  /** Or fill its first MiB with random (incompressible) bytes. */
+  randomMiB?: number;
 }
 
 export type Lab = Awaited<ReturnType<typeof startQemuLab>>;
@@ -176,7 +179,7 @@ export async function startQemuLab(opts: LabOptions = {}) {
       const diskPath = join(stateDir, 'disks', `${g.id}.raw`);
       await mkdir(join(stateDir, 'disks'), { recursive: true });
       await rm(diskPath, { force: true });
-      await makeDisk(diskPath, diskBytes, g.contentDir);
+      await makeDisk(diskPath, diskBytes, g.contentDir, g.randomMiB);
       // Records go in the last quarter of the disk, the heavy writer just below them.
       const recbase = Math.floor((diskBytes / MiB) * 0.75);
       const spec: InstanceSpec = {
@@ -228,7 +231,7 @@ export async function startQemuLab(opts: LabOptions = {}) {
   return lab;
 }
 
-async function makeDisk(path: string, bytes: number, contentDir?: string) {
+async function makeDisk(path: string, bytes: number, contentDir?: string, randomMiB = 0) {
   if (contentDir && existsSync(contentDir)) {
     await truncate(path, bytes).catch(async () => (await open(path, 'w')).close());
     await truncate(path, bytes);
@@ -236,6 +239,7 @@ async function makeDisk(path: string, bytes: number, contentDir?: string) {
   } else {
     const fh = await open(path, 'w');
     await fh.truncate(bytes);
+    for (let i = 0; i < Math.min(randomMiB, bytes / MiB); i++) await fh.write(randomBytes(MiB), 0, MiB, i * MiB);
     await fh.close();
   }
 }

@@ -8,10 +8,12 @@ import { delimiter, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { Connection } from '@temporalio/client';
-import { temporal } from '@temporalio/proto';
+// @temporalio/proto is CommonJS (`module.exports = require(...)`), whose names Node's ESM loader
+// cannot see: a named import works under vitest but not under plain node or tsx.
+import proto from '@temporalio/proto';
 
 const execFileP = promisify(execFile);
-const IndexedValueType = temporal.api.enums.v1.IndexedValueType;
+const IndexedValueType = proto.temporal.api.enums.v1.IndexedValueType;
 
 export type SearchAttributeType = 'Text' | 'Keyword' | 'Int' | 'Double' | 'Bool' | 'Datetime' | 'KeywordList';
 

@@ -46,3 +46,12 @@ export function withDefaults(given: Partial<MigrationOptions> | undefined): Migr
   }
   return out;
 }
+
+/**
+ * The share of the downtime budget that the hypervisor's last memory round may take. The budget
+ * also pays for the final disk sync and the switchover steps, so memory gets libvirt's default
+ * (300 ms) or half the budget, whichever is less.
+ */
+export function memoryDowntimeMs(budgetMs: number): number {
+  return Math.max(1, Math.min(300, Math.floor(budgetMs / 2)));
+}

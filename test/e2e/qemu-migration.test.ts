@@ -151,7 +151,7 @@ describe('a live migration on the QEMU lab', () => {
   }
 
   it('rolls back when cancelled in the middle of the bulk copy', async () => {
-    const spec = await boot('i-e2e-cancel-mid');
+    const spec = await boot('i-e2e-cancel-mid', { randomMiB: 32 });
     const before = { a: countsOf('node-a'), b: countsOf('node-b') };
     // 2 MiB/s: the 64 MiB disk takes long enough to cancel mid-stream.
     const handle = await startMigration(lab, { instanceId: spec.id, destination: 'node-b', options: { bandwidthBytesPerSec: 2 * MiB, codec: 'none' } });
@@ -177,7 +177,8 @@ describe('a live migration on the QEMU lab', () => {
   });
 
   it('finishes when the source node worker is killed and restarted mid-copy', async () => {
-    const spec = await boot('i-e2e-crash');
+    // 32 MiB of random data: at 2 MiB/s the bulk copy lasts long enough to kill a worker in it.
+    const spec = await boot('i-e2e-crash', { randomMiB: 32 });
     const handle = await startMigration(lab, { instanceId: spec.id, destination: 'node-b', options: { bandwidthBytesPerSec: 2 * MiB, codec: 'none', verifyDisk: true } });
     await waitFor(handle, (p) => p.phase === 'bulk-copy' && p.bytesDone > 8 * MiB);
     await lab.killWorker('node-a');

@@ -34,7 +34,7 @@ describe('xen host', () => {
     console.log('xl info caps:', info.stdout.split('\n').filter((l) => /caps/.test(l)).join(' | '));
   });
 
-  it('refuses a PV guest before any side effect when Xen has no shadow paging', async () => {
+  it('probes shadow paging for a PV guest: refused without it, before any side effect; accepted with it', async () => {
     const ssh = lab.hosts[0].ssh;
     const info = await ssh.run('xl', ['info']);
     const hasShadow = /^virt_caps\s*:.*\bshadow\b/m.test(info.stdout);

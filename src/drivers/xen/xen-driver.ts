@@ -337,6 +337,16 @@ export class XenDriver implements HypervisorDriver {
     // A retry after the handover: the domain is already on the peer.
     if (await this.readJson<MigrationRecord>(this.migrationFile(spec))) return;
     const st = await this.state(spec);
+    if (st === 'absent') {
+      // A retry after a worker died between xl's success and our record: trust only what the
+      // peer shows (the domain there under its own name), never assume.
+      const there = await this.peerList(peer);
+      if (typeof there !== 'string' && there.some((d) => d.name === spec.id)) {
+        await this.writeJson(this.migrationFile(spec), { totalMs: 0, peer } satisfies MigrationRecord);
+        return;
+      }
+      throw new FerryError(ErrorTypes.InstanceNotRunning, `${spec.id} is not on this host, and ${peer} shows ${describe(there)}: nothing to migrate`);
+    }
     if (st !== 'running' && st !== 'paused') throw new FerryError(ErrorTypes.InstanceNotRunning, `${spec.id} is ${st} here: nothing to migrate`);
     opts.onProgress?.({ status: 'xl-migrate', transferredBytes: 0, remainingBytes: spec.memoryMiB * 1024 * 1024, totalBytes: spec.memoryMiB * 1024 * 1024 });
     const t0 = Date.now();

@@ -194,6 +194,10 @@ export async function ensureXenImages(cacheDir = join(repoRoot, '.cache/xen'), l
     await rm(tmp, { force: true });
     await run('mkfs.ext4', ['-q', '-F', '-L', 'ferry-dom0', '-d', tree, tmp, '2G']);
     await rename(tmp, rootImage);
+    // Images of earlier init scripts are 2 GiB (sparse) each: keep only the current one.
+    for (const f of await readdir(cacheDir)) {
+      if (/^dom0-[0-9a-f]+\.ext4$/.test(f) && join(cacheDir, f) !== rootImage) await rm(join(cacheDir, f), { force: true });
+    }
   }
   const guest = await ensureXenGuest(cacheDir, tree);
   return { xen, dom0Kernel, dom0Initrd, rootImage, guestKernel: guest.kernel, guestInitrd: guest.initrd };

@@ -50,6 +50,8 @@ export interface XenLabOptions {
   log?: (line: string) => void;
   /** ms to wait for a dom0 to answer `xl list`; TCG boots are slow, two at once twice as slow. */
   bootTimeoutMs?: number;
+  /** QEMU -cpu; default `qemu64,+svm,+npt` (PVH needs AMD-V with nested paging). */
+  cpu?: string;
 }
 
 async function freePort(): Promise<number> {
@@ -114,7 +116,8 @@ export async function startXenLab(opts: XenLabOptions): Promise<XenLab> {
       await copyFile(join(dir, `${name}_host_key.pub`), join(hostDir, 'ssh_host_ed25519_key.pub'));
       await writeFile(join(hostDir, 'authorized_keys'), `${client.pub}\n${migration.pub}\n`);
       await writeFile(join(hostDir, 'id_ed25519'), migration.priv);
-      await writeFile(join(hostDir, 'known_hosts'), dom0KnownHosts);
+      // Its own key too, under 127.0.0.1: `xl migrate NAME 127.0.0.1` (a migration within one host).
+      await writeFile(join(hostDir, 'known_hosts'), `${dom0KnownHosts}127.0.0.1 ${pubKeyBody(hostKeys[i].pub)}\n`);
       await copyFile(images.guestKernel, join(hostDir, 'guest', 'vmlinuz'));
       await copyFile(images.guestInitrd, join(hostDir, 'guest', 'initrd'));
       const hostImg = join(dir, `${name}-host.ext4`);
@@ -129,7 +132,7 @@ export async function startXenLab(opts: XenLabOptions): Promise<XenLab> {
       const args = [
         '-accel', 'tcg,thread=multi',
         // PVH needs AMD-V with nested paging offered to Xen (lab-notes); -cpu max crashes dom0.
-        '-cpu', 'qemu64,+svm,+npt',
+        '-cpu', opts.cpu ?? 'qemu64,+svm,+npt',
         '-m', '1536', '-smp', '1',
         '-display', 'none', '-monitor', 'none', '-no-reboot',
         '-serial', `file:${consoleLog}`,

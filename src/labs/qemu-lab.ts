@@ -75,10 +75,10 @@ export async function startQemuLab(opts: LabOptions = {}) {
   const image = await ensureGuestImage(join(repoRoot, '.cache/guest'));
 
   const port = opts.temporalPort ?? 7233;
-  log(`temporal dev server on ${LAB_TEMPORAL_IP}:${port} (web UI http://127.0.0.1:8233)`);
+  log(`temporal dev server on 127.0.0.1:${port}, for the namespaces on ${LAB_TEMPORAL_IP}:${port} (web UI http://127.0.0.1:${port + 1000})`);
   // A fresh history too: workflows of an earlier run would hold the instance ids of this one.
   for (const f of ['', '-wal', '-shm']) await rm(join(dir, 'temporal.db') + f, { force: true });
-  const temporal = await startDevServer({ ip: '127.0.0.1', port, dbFile: join(dir, 'temporal.db'), logFile: join(dir, 'logs/temporal.log') });
+  const temporal = await startDevServer({ ip: '127.0.0.1', port, uiPort: port + 1000, dbFile: join(dir, 'temporal.db'), logFile: join(dir, 'logs/temporal.log') });
   const forward = await forwardTcp({ host: LAB_TEMPORAL_IP, port }, { host: '127.0.0.1', port });
   const workerTemporalAddress = `${LAB_TEMPORAL_IP}:${port}`;
 

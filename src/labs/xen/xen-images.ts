@@ -62,6 +62,35 @@ async function run(cmd: string, args: string[], opts: { cwd?: string; timeoutMs?
   }
 }
 
+/**
+ * The Debian mirror this machine's apt already uses for bookworm: the dom0 tree comes from the same
+ * place as every other package, and no address is baked into the code.
+ */
+async function aptMirror(): Promise<string> {
+  const files = ['/etc/apt/sources.list'];
+  try {
+    for (const f of await readdir('/etc/apt/sources.list.d')) files.push(join('/etc/apt/sources.list.d', f));
+  } catch {
+    // no sources.list.d
+  }
+  for (const f of files) {
+    let text = '';
+    try {
+      text = await readFile(f, 'utf8');
+    } catch {
+      continue;
+    }
+    // deb822 stanzas (`URIs:` with `Suites: bookworm`) and one-line `deb URI bookworm main`.
+    for (const stanza of text.split(/\n\s*\n/)) {
+      const uri = /^URIs:\s*(\S+)/m.exec(stanza)?.[1];
+      if (uri && /^Suites:.*\bbookworm\b(?!-)/m.test(stanza) && /^Components:.*\bmain\b/m.test(stanza)) return uri;
+    }
+    const line = /^deb\s+(?:\[[^\]]*\]\s+)?(\S+)\s+bookworm\s+.*\bmain\b/m.exec(text);
+    if (line) return line[1]!;
+  }
+  throw new FerryError(ErrorTypes.DriverError, 'no Debian bookworm source in /etc/apt: debootstrap needs a mirror');
+}
+
 /** The debootstrap tree, built once (about 2 min, 850 MiB). */
 export async function ensureDom0Tree(cacheDir: string, log: (s: string) => void = () => undefined): Promise<string> {
   const tree = join(cacheDir, 'rootfs');
@@ -75,7 +104,7 @@ export async function ensureDom0Tree(cacheDir: string, log: (s: string) => void 
   await rm(tmp, { recursive: true, force: true });
   await mkdir(cacheDir, { recursive: true });
   log('xen lab: debootstrap of the dom0 tree (a few minutes, once)');
-  await run('debootstrap', ['--variant=minbase', `--include=${DOM0_PACKAGES.join(',')}`, 'bookworm', tmp, 'http://deb.debian.org/debian'], {
+  await run('debootstrap', ['--variant=minbase', `--include=${DOM0_PACKAGES.join(',')}`, 'bookworm', tmp, await aptMirror()], {
     timeoutMs: 30 * 60_000,
   });
   await writeFile(join(tmp, '.ferry-complete'), new Date().toISOString());

@@ -20,6 +20,7 @@ import { openInventory, type Inventory } from '../inventory/index.js';
 import { loadConfig } from '../config/index.js';
 import { connectClient } from '../workers/connection.js';
 import type { InstanceSpec } from '../drivers/driver.js';
+import { migrationWorkflowId } from '../shared/names.js';
 
 const MiB = 1024 * 1024;
 const repoRoot = fileURLToPath(new URL('../..', import.meta.url));
@@ -204,6 +205,9 @@ export async function startQemuLab(opts: LabOptions = {}) {
 
     /** Kills a guest wherever it runs and forgets it: its QEMU, state and disk on both nodes. */
     async destroyGuest(spec: InstanceSpec) {
+      // A migration still running (a test that failed half-way) would hold the instance.
+      await client.workflow.getHandle(migrationWorkflowId(spec.id)).terminate('lab: guest destroyed').catch(() => undefined);
+      for (const r of inventory.listReservations({ live: true })) if (r.instanceId === spec.id) inventory.release(r.migrationId);
       await runToEnd(spawn('pkill', ['-KILL', '-f', `qemu-system-x86_64.*${dir}/nodes/[^/]+/${spec.id}/`], { stdio: 'ignore' }), 'pkill').catch(() => undefined);
       for (const n of labNodes) {
         await rm(join(nodeStateDir(n.name), spec.id), { recursive: true, force: true });

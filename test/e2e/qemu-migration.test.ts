@@ -42,7 +42,7 @@ function failureType(err: unknown): string | undefined {
 
 /** Runs the real `ferry` CLI against the lab's config; never throws. */
 function ferryCli(args: string[]): { code: number; stdout: string; stderr: string } {
-  const r = spawnSync(process.execPath, ['--import', 'tsx', 'src/cli/ferry.ts', ...args], { encoding: 'utf8', env: { ...process.env, FERRY_CONFIG: lab.configPath } });
+  const r = spawnSync(process.execPath, ['--import', 'tsx', 'src/cli/ferry.ts', ...args], { encoding: 'utf8', env: { ...process.env, FERRY_CONFIG: lab.configPath, FERRY_TEMPORAL_ADDRESS: lab.temporal.address } });
   return { code: r.status ?? 1, stdout: r.stdout, stderr: r.stderr };
 }
 

@@ -238,7 +238,14 @@ export class QemuDriver implements HypervisorDriver {
       const info = await q.execute<MigrationInfo>('query-migrate');
       if (info.status && IN_PROGRESS.has(info.status)) return; // a retry: the migration already runs
       if (info.status === 'completed') return;
-      await q.execute('migrate-set-capabilities', { capabilities: [{ capability: 'pause-before-switchover', state: true }] });
+      // auto-converge: a guest that dirties memory faster than the link (or the cap) carries it is
+      // throttled until the last round fits the downtime limit, instead of pre-copying forever.
+      await q.execute('migrate-set-capabilities', {
+        capabilities: [
+          { capability: 'pause-before-switchover', state: true },
+          { capability: 'auto-converge', state: true },
+        ],
+      });
       await q.execute('migrate-set-parameters', {
         'downtime-limit': Math.max(1, Math.round(opts.downtimeMs)),
         // QEMU's default cap is 32 MiB/s; without a cap from the caller, let the link decide.

@@ -5,8 +5,8 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { createWriteStream, existsSync } from 'node:fs';
-import { mkdir, rm, writeFile, truncate, open } from 'node:fs/promises';
-import { join } from 'node:path';
+import { mkdir, rm, writeFile, truncate, open, rename } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { stringify } from 'yaml';
 import type { Client } from '@temporalio/client';
@@ -237,9 +237,18 @@ export async function startQemuLab(opts: LabOptions = {}) {
 
 async function makeDisk(path: string, bytes: number, contentDir?: string, randomMiB = 0) {
   if (contentDir && existsSync(contentDir)) {
-    await truncate(path, bytes).catch(async () => (await open(path, 'w')).close());
-    await truncate(path, bytes);
-    await runToEnd(spawn('mkfs.ext4', ['-q', '-F', '-E', 'root_owner=0:0', '-d', contentDir, path, `${Math.floor(bytes / 1024)}k`], { stdio: ['ignore', 'pipe', 'pipe'] }), 'mkfs.ext4');
+    // mkfs.ext4 -d of a big tree takes minutes under load: build each (tree, size) once, then
+    // copy it sparse for every guest.
+    const cached = join(dirname(path), '..', '..', '..', 'images', `${contentDir.replace(/[^a-zA-Z0-9]+/g, '_')}-${bytes}.ext4`);
+    if (!existsSync(cached)) {
+      await mkdir(dirname(cached), { recursive: true });
+      const tmp = `${cached}.tmp`;
+      await (await open(tmp, 'w')).close();
+      await truncate(tmp, bytes);
+      await runToEnd(spawn('mkfs.ext4', ['-q', '-F', '-E', 'root_owner=0:0', '-d', contentDir, tmp, `${Math.floor(bytes / 1024)}k`], { stdio: ['ignore', 'pipe', 'pipe'] }), 'mkfs.ext4');
+      await rename(tmp, cached);
+    }
+    await runToEnd(spawn('cp', ['--sparse=always', cached, path], { stdio: ['ignore', 'pipe', 'pipe'] }), 'cp');
   } else {
     const fh = await open(path, 'w');
     await fh.truncate(bytes);

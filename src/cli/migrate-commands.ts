@@ -114,10 +114,14 @@ export async function status(ctx: CliContext, id: string, f: { json?: boolean })
   try {
     const d = await handle.describe();
     let progress: MigrationProgress | undefined;
-    try {
-      progress = await handle.query(progressQuery);
-    } catch {
-      // a closed workflow without a worker to answer queries: the status alone is still useful
+    // A query needs a controller worker to answer; right after a workflow closes it may briefly
+    // not. Without an answer, the status alone is still useful.
+    for (let attempt = 0; attempt < 3 && !progress; attempt++) {
+      try {
+        progress = await handle.query(progressQuery);
+      } catch {
+        await new Promise((r) => setTimeout(r, 1000));
+      }
     }
     const view = { workflowId: d.workflowId, runId: d.runId, status: d.status.name, startTime: d.startTime, closeTime: d.closeTime, progress };
     out(f.json, view, [`${d.workflowId}: ${d.status.name}`, progress ? `  phase ${progress.phase}${progress.stream ? ` (${progress.stream})` : ''}, ${formatBytes(progress.bytesDone)}/${formatBytes(progress.bytesTotal)}, round ${progress.round}` : ''].filter(Boolean).join('\n'));

@@ -140,9 +140,16 @@ export async function cancel(ctx: CliContext, id: string, f: { reason?: string; 
     out(f.json, { cancelled: true, message: msg }, msg);
     return EXIT.ok;
   } catch (err) {
-    if (err instanceof WorkflowNotFoundError) throw new CliError(`no running migration ${id}`, EXIT.notFound);
     if (err instanceof WorkflowUpdateFailedError) {
       const reason = err.cause?.message ?? err.message;
+      out(f.json, { cancelled: false, reason }, `refused: ${reason}`);
+      return EXIT.refused;
+    }
+    // The migration may have closed while the request was on its way: say so, as a refusal.
+    const d = await handle.describe().catch(() => undefined);
+    if (!d) throw new CliError(`no migration ${id}`, EXIT.notFound);
+    if (d.status.name !== 'RUNNING') {
+      const reason = `nothing to cancel: migration ${d.workflowId} is already ${d.status.name.toLowerCase()}`;
       out(f.json, { cancelled: false, reason }, `refused: ${reason}`);
       return EXIT.refused;
     }

@@ -187,7 +187,7 @@ describe('a live migration on the QEMU lab', () => {
     await waitFor(handle, (p) => p.pastPointOfNoReturn);
     // Through the CLI, as an operator would: refused with exit code 5 and the reason.
     const cancel = ferryCli(['cancel', spec.id, '--json']);
-    expect(cancel.code).toBe(5);
+    expect(cancel.code, cancel.stderr + cancel.stdout).toBe(5);
     expect(JSON.parse(cancel.stdout).reason).toMatch(/too late to cancel|nothing to cancel/);
     const r = await result(handle);
     expect(r.outcome).toBe('migrated');

@@ -12,7 +12,7 @@ import { sendStream } from '../dataplane/sender.js';
 import { sha256OfSource } from '../dataplane/digest.js';
 import { openFileSource } from '../dataplane/file-source.js';
 import type { ReceiverEndpoint, TransferProgress } from '../dataplane/types.js';
-import { memoryDowntimeMs, type MigrationOptions } from '../shared/options.js';
+import type { MigrationOptions } from '../shared/options.js';
 import { progressSignal } from '../shared/messages.js';
 import { FerryError, ErrorTypes, toFailure } from '../shared/errors.js';
 import { extentsFrom, totalLength, type Extent } from '../shared/extents.js';
@@ -206,7 +206,7 @@ export function createNodeActivities(deps: NodeActivityDeps) {
       });
     },
 
-    async migrateMemory({ migrationId, spec, memoryUri, options }: { migrationId: string; spec: InstanceSpec; memoryUri: string; options: MigrationOptions }): Promise<void> {
+    async migrateMemory({ migrationId, spec, memoryUri, options, memoryDowntimeMs }: { migrationId: string; spec: InstanceSpec; memoryUri: string; options: MigrationOptions; memoryDowntimeMs: number }): Promise<void> {
       return guarded('migrateMemory', async () => {
         const report = reporter(migrationId);
         const ctx = Context.current();
@@ -217,7 +217,7 @@ export function createNodeActivities(deps: NodeActivityDeps) {
           await withHeartbeat(
             () =>
               driver.migrateMemory(spec, memoryUri, {
-                downtimeMs: memoryDowntimeMs(options.downtimeMs),
+                downtimeMs: memoryDowntimeMs,
                 bandwidthBytesPerSec: options.bandwidthBytesPerSec || undefined,
                 onProgress: (p) => {
                   last = p;

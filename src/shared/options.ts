@@ -48,10 +48,11 @@ export function withDefaults(given: Partial<MigrationOptions> | undefined): Migr
 }
 
 /**
- * The share of the downtime budget that the hypervisor's last memory round may take. The budget
- * also pays for the final disk sync and the switchover steps, so memory gets libvirt's default
- * (300 ms) or half the budget, whichever is less.
+ * The share of the downtime budget that the hypervisor's last memory round may take: what the
+ * projected final disk sync leaves, halved for the switchover steps around it. A share too small
+ * for the link never converges (QEMU keeps pre-copying); a larger one only lengthens the pause.
  */
-export function memoryDowntimeMs(budgetMs: number): number {
-  return Math.max(1, Math.min(300, Math.floor(budgetMs / 2)));
+export function memoryDowntimeMs(budgetMs: number, projectedDiskSyncMs = 0): number {
+  const left = budgetMs - (Number.isFinite(projectedDiskSyncMs) ? projectedDiskSyncMs : budgetMs);
+  return Math.max(100, Math.floor(left / 2));
 }

@@ -19,7 +19,7 @@ import type { ControlActivities } from '../activities/control.js';
 import type { NodeActivities } from '../activities/node.js';
 import { CONTROL_TASK_QUEUE, taskQueueForNode, type Phase } from '../shared/names.js';
 import { NON_RETRYABLE, ErrorTypes } from '../shared/errors.js';
-import { withDefaults } from '../shared/options.js';
+import { memoryDowntimeMs, withDefaults } from '../shared/options.js';
 import {
   cancelUpdate,
   proceedSignal,
@@ -246,7 +246,13 @@ export async function migrateInstance(input: MigrateInput): Promise<MigrationRes
       // --- 7. memory pre-copy; resolves with the source paused, block devices still active ---
       enter('memory');
       undo.push({ name: 'cancel memory migration', run: () => src.quick.cancelMigration({ spec }) });
-      await src.long.migrateMemory({ migrationId, spec, memoryUri: dest.memoryUri, options });
+      await src.long.migrateMemory({
+        migrationId,
+        spec,
+        memoryUri: dest.memoryUri,
+        options,
+        memoryDowntimeMs: memoryDowntimeMs(options.downtimeMs, progress.projectedDowntimeMs),
+      });
       pausedAt = Date.now();
       await hold('memory');
 

@@ -123,7 +123,9 @@ export async function status(ctx: CliContext, id: string, f: { json?: boolean })
         await new Promise((r) => setTimeout(r, 1000));
       }
     }
-    const view = { workflowId: d.workflowId, runId: d.runId, status: d.status.name, startTime: d.startTime, closeTime: d.closeTime, progress };
+    // A finished migration also has its report.
+    const result = d.status.name === 'COMPLETED' ? ((await handle.result().catch(() => undefined)) as MigrationResult | undefined) : undefined;
+    const view = { workflowId: d.workflowId, runId: d.runId, status: d.status.name, startTime: d.startTime, closeTime: d.closeTime, progress, result };
     out(f.json, view, [`${d.workflowId}: ${d.status.name}`, progress ? `  phase ${progress.phase}${progress.stream ? ` (${progress.stream})` : ''}, ${formatBytes(progress.bytesDone)}/${formatBytes(progress.bytesTotal)}, round ${progress.round}` : ''].filter(Boolean).join('\n'));
     return EXIT.ok;
   } catch (err) {

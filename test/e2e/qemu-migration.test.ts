@@ -117,7 +117,7 @@ describe('a live migration on the QEMU lab', () => {
 
     const status = ferryCli(['status', spec.id, '--json']);
     expect(status.code, status.stderr).toBe(0);
-    expect(JSON.parse(status.stdout), status.stdout).toMatchObject({ status: 'COMPLETED', progress: { phase: 'done' } });
+    expect(JSON.parse(status.stdout), status.stdout).toMatchObject({ status: 'COMPLETED', result: { outcome: 'migrated', destination: 'node-b' } });
     historyJson = await handle.fetchHistory();
   });
 

@@ -142,8 +142,10 @@ export async function cancel(ctx: CliContext, id: string, f: { reason?: string; 
     out(f.json, { cancelled: true, message: msg }, msg);
     return EXIT.ok;
   } catch (err) {
-    if (err instanceof WorkflowUpdateFailedError) {
-      const reason = err.cause?.message ?? err.message;
+    // By name too: under a TS loader the client's error classes can come from a second copy.
+    if (err instanceof WorkflowUpdateFailedError || (err as Error).name === 'WorkflowUpdateFailedError') {
+      const e = err as WorkflowUpdateFailedError;
+      const reason = e.cause?.message ?? e.message;
       out(f.json, { cancelled: false, reason }, `refused: ${reason}`);
       return EXIT.refused;
     }

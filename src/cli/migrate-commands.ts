@@ -152,8 +152,14 @@ export async function cancel(ctx: CliContext, id: string, f: { reason?: string; 
     // The migration may have closed while the request was on its way: say so, as a refusal.
     const d = await handle.describe().catch(() => undefined);
     if (!d) throw new CliError(`no migration ${id}`, EXIT.notFound);
-    if (d.status.name !== 'RUNNING') {
-      const reason = `nothing to cancel: migration ${d.workflowId} is already ${d.status.name.toLowerCase()}`;
+    let reason: string | undefined;
+    if (d.status.name !== 'RUNNING') reason = `nothing to cancel: migration ${d.workflowId} is already ${d.status.name.toLowerCase()}`;
+    else {
+      // The server may report a rejected update as an RPC error: the workflow's own state says why.
+      const p = await handle.query(progressQuery).catch(() => undefined);
+      if (p?.pastPointOfNoReturn) reason = `too late to cancel: ${p.instanceId} is past the point of no return (phase ${p.phase}); the migration can only finish`;
+    }
+    if (reason) {
       out(f.json, { cancelled: false, reason }, `refused: ${reason}`);
       return EXIT.refused;
     }

@@ -2,10 +2,9 @@
 // two network namespaces, QEMU guests (TCG) that count in memory, write records to their disks and
 // answer requests while Ferry moves them.
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { existsSync, writeFileSync } from 'node:fs';
-import { execFileSync, spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
-import { historyToJSON } from '@temporalio/common/lib/proto-utils.js';
 import { WorkflowFailedError } from '@temporalio/client';
 import { Worker } from '@temporalio/worker';
 import { startQemuLab, type Lab } from '../../src/labs/qemu-lab.js';
@@ -125,11 +124,13 @@ describe('a live migration on the QEMU lab', () => {
     expect(historyJson).toBeDefined();
     // Throws DeterminismViolationError if the workflow code no longer produces this history.
     await Worker.runReplayHistory({ workflowsPath: workflowsPath() }, historyJson);
-    // The operator's way: `ferry replay FILE` on an exported history.
+    // The operator's way: `ferry history` exports it, `ferry replay` checks the code against it.
     const file = join(lab.dir, 'history-i-e2e-ok.json');
-    writeFileSync(file, historyToJSON(historyJson as Parameters<typeof historyToJSON>[0]));
-    const out = execFileSync(process.execPath, ['--import', 'tsx', 'src/cli/ferry.ts', 'replay', file], { encoding: 'utf8' });
-    expect(out).toMatch(/deterministic/);
+    const exported = ferryCli(['history', 'i-e2e-ok', '-o', file]);
+    expect(exported.code, exported.stderr).toBe(0);
+    const replayed = ferryCli(['replay', file]);
+    expect(replayed.code, replayed.stderr).toBe(0);
+    expect(replayed.stdout).toMatch(/deterministic/);
   });
 
   it('refuses a bad destination before any side effect', async () => {

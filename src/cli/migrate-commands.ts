@@ -2,7 +2,8 @@
 // Temporal about migrations.
 import { readFile, writeFile } from 'node:fs/promises';
 import { WorkflowExecutionAlreadyStartedError, WorkflowFailedError, WorkflowNotFoundError, WorkflowUpdateFailedError, type WorkflowHandle } from '@temporalio/client';
-import { historyFromJSON, historyToJSON } from '@temporalio/common/lib/proto-utils.js';
+import { historyFromJSON } from '@temporalio/common/lib/proto-utils.js';
+import proto from '@temporalio/proto';
 import { Worker } from '@temporalio/worker';
 import { CONTROL_TASK_QUEUE, ID_PATTERN, MIGRATE_WORKFLOW_TYPE, migrationWorkflowId } from '../shared/names.js';
 import { cancelUpdate, progressQuery, type MigrateInput, type MigrationProgress, type MigrationResult } from '../shared/messages.js';
@@ -192,7 +193,10 @@ export async function list(ctx: CliContext, f: { json?: boolean; limit?: string 
 export async function history(ctx: CliContext, id: string, f: { out?: string }): Promise<number> {
   const client = await ctx.client();
   const handle = client.workflow.getHandle(resolveWorkflowId(id));
-  const json = historyToJSON(await handle.fetchHistory());
+  // Serialized with the proto classes the client itself decoded it with (proto3 JSON field names,
+  // enum names, 64-bit numbers as strings); `replay` reads it back with the same classes.
+  const history = proto.temporal.api.history.v1.History.fromObject(await handle.fetchHistory());
+  const json = JSON.stringify(proto.temporal.api.history.v1.History.toObject(history, { longs: String, enums: String, bytes: String }));
   if (f.out) {
     await writeFile(f.out, json);
     process.stderr.write(`history of ${handle.workflowId} written to ${f.out}\n`);
@@ -202,7 +206,14 @@ export async function history(ctx: CliContext, id: string, f: { out?: string }):
 
 /** Replays a recorded history against the current workflow code: fails on non-determinism. */
 export async function replay(file: string): Promise<number> {
-  const history = historyFromJSON(JSON.parse(await readFile(file, 'utf8')));
+  const raw = JSON.parse(await readFile(file, 'utf8'));
+  // Ferry's own export, else the Temporal CLI/UI JSON format.
+  let history: unknown;
+  try {
+    history = proto.temporal.api.history.v1.History.fromObject(raw);
+  } catch {
+    history = historyFromJSON(raw);
+  }
   await Worker.runReplayHistory({ workflowsPath: workflowsPath() }, history);
   process.stdout.write(`replayed ${file}: the workflow code is deterministic for this history\n`);
   return EXIT.ok;

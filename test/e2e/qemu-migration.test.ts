@@ -3,7 +3,7 @@
 // answer requests while Ferry moves them.
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { existsSync } from 'node:fs';
-import { spawnSync } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { join } from 'node:path';
 import { WorkflowFailedError } from '@temporalio/client';
 import { Worker } from '@temporalio/worker';
@@ -39,10 +39,19 @@ function failureType(err: unknown): string | undefined {
   return cause?.cause?.type ?? cause?.type;
 }
 
-/** Runs the real `ferry` CLI against the lab's config; never throws. */
-function ferryCli(args: string[]): { code: number; stdout: string; stderr: string } {
-  const r = spawnSync(process.execPath, ['--import', 'tsx', 'src/cli/ferry.ts', ...args], { encoding: 'utf8', env: { ...process.env, FERRY_CONFIG: lab.configPath, FERRY_TEMPORAL_ADDRESS: lab.temporal.address } });
-  return { code: r.status ?? 1, stdout: r.stdout, stderr: r.stderr };
+/**
+ * Runs the real `ferry` CLI against the lab's config; never throws. Asynchronous on purpose: the
+ * lab's TCP forwarder to Temporal lives in this process's event loop.
+ */
+function ferryCli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    execFile(
+      process.execPath,
+      ['--import', 'tsx', 'src/cli/ferry.ts', ...args],
+      { encoding: 'utf8', env: { ...process.env, FERRY_CONFIG: lab.configPath, FERRY_TEMPORAL_ADDRESS: lab.temporal.address } },
+      (err, stdout, stderr) => resolve({ code: err ? Number((err as { code?: number }).code ?? 1) : 0, stdout, stderr }),
+    );
+  });
 }
 
 function countsOf(node: string) {
@@ -114,7 +123,7 @@ describe('a live migration on the QEMU lab', () => {
     expect(lab.inventory.checkConsistency()).toEqual([]);
     expect(existsSync(spec.diskPath), 'source disk removed').toBe(false);
 
-    const status = ferryCli(['status', spec.id, '--json']);
+    const status = await ferryCli(['status', spec.id, '--json']);
     expect(status.code, status.stderr).toBe(0);
     expect(JSON.parse(status.stdout), status.stdout).toMatchObject({ status: 'COMPLETED', result: { outcome: 'migrated', destination: 'node-b' } });
     historyJson = await handle.fetchHistory();
@@ -126,9 +135,9 @@ describe('a live migration on the QEMU lab', () => {
     await Worker.runReplayHistory({ workflowsPath: workflowsPath() }, historyJson);
     // The operator's way: `ferry history` exports it, `ferry replay` checks the code against it.
     const file = join(lab.dir, 'history-i-e2e-ok.json');
-    const exported = ferryCli(['history', 'i-e2e-ok', '-o', file]);
+    const exported = await ferryCli(['history', 'i-e2e-ok', '-o', file]);
     expect(exported.code, exported.stderr).toBe(0);
-    const replayed = ferryCli(['replay', file]);
+    const replayed = await ferryCli(['replay', file]);
     expect(replayed.code, replayed.stderr).toBe(0);
     expect(replayed.stdout).toMatch(/deterministic/);
   });
@@ -187,7 +196,7 @@ describe('a live migration on the QEMU lab', () => {
     await handle.signal(proceedSignal, 'memory');
     await waitFor(handle, (p) => p.pastPointOfNoReturn);
     // Through the CLI, as an operator would: refused with exit code 5 and the reason.
-    const cancel = ferryCli(['cancel', spec.id, '--json']);
+    const cancel = await ferryCli(['cancel', spec.id, '--json']);
     expect(cancel.code, cancel.stderr + cancel.stdout).toBe(5);
     expect(JSON.parse(cancel.stdout).reason).toMatch(/too late to cancel|nothing to cancel/);
     const r = await result(handle);

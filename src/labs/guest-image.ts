@@ -127,7 +127,8 @@ async function fetchKernel(kernelDir: string): Promise<void> {
 }
 
 /** Writes a newc cpio of `dir` with the `cpio` tool; the file list goes through stdin, no shell. */
-async function packCpio(dir: string, outFile: string): Promise<void> {
+/** Packs a directory into a newc cpio archive (an initramfs), every file owned by root. */
+export async function packCpio(dir: string, outFile: string): Promise<void> {
   const entries = ['.'];
   for (const ent of await readdir(dir, { withFileTypes: true, recursive: true })) {
     const parent = ent.parentPath ?? (ent as unknown as { path: string }).path;

@@ -9,7 +9,7 @@ import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { FerryError, ErrorTypes } from '../../shared/errors.js';
-import { ensureGuestImage } from '../guest-image.js';
+import { ensureGuestImage, packCpio } from '../guest-image.js';
 
 const execFileP = promisify(execFile);
 const here = dirname(fileURLToPath(import.meta.url));
@@ -119,25 +119,6 @@ async function findOne(dir: string, re: RegExp, what: string): Promise<string> {
   return join(dir, hit);
 }
 
-async function packCpio(dir: string, outFile: string): Promise<void> {
-  const entries = ['.'];
-  for (const ent of await readdir(dir, { withFileTypes: true, recursive: true })) {
-    entries.push(relative(dir, join(ent.parentPath ?? (ent as unknown as { path: string }).path, ent.name)));
-  }
-  await new Promise<void>((resolveP, reject) => {
-    const child = spawn('cpio', ['--quiet', '-o', '-H', 'newc', '--owner=0:0'], { cwd: dir, stdio: ['pipe', 'pipe', 'pipe'] });
-    const out = createWriteStream(outFile);
-    let stderr = '';
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    child.stdout.pipe(out);
-    child.on('error', reject);
-    child.on('close', (code) => {
-      out.on('close', () => (code === 0 ? resolveP() : reject(new FerryError(ErrorTypes.DriverError, `cpio failed: ${stderr}`))));
-      out.end();
-    });
-    child.stdin.end(entries.join('\n') + '\n');
-  });
-}
 
 /**
  * The PVH guest: dom0's own Debian kernel (so its xen-blkfront/netfront modules match) and the QEMU

@@ -1,11 +1,10 @@
 // Builds what the Xen lab boots, once, into the git-ignored cache `.cache/xen/`: a Debian dom0 root
 // tree (debootstrap, reused when present), the Xen hypervisor unpacked from it, an ext4 image of
 // the tree (mkfs.ext4 -d: no loop mounts), and the PVH guest's kernel + initramfs.
-import { execFile, spawn } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { createWriteStream } from 'node:fs';
 import { access, chmod, copyFile, mkdir, mkdtemp, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
-import { dirname, join, relative, resolve } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { FerryError, ErrorTypes } from '../../shared/errors.js';

@@ -4,11 +4,12 @@
 import { execFile, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
-import { access, chmod, copyFile, mkdir, mkdtemp, readdir, readFile, rename, rm, symlink, writeFile } from 'node:fs/promises';
+import { chmod, copyFile, mkdir, mkdtemp, readdir, readFile, rename, rm, symlink, writeFile } from 'node:fs/promises';
 import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { FerryError, ErrorTypes } from '../shared/errors.js';
+import { exists } from '../drivers/file-exists.js';
 
 const execFileP = promisify(execFile);
 
@@ -36,14 +37,6 @@ async function guestScriptDir(): Promise<string> {
   throw new FerryError(ErrorTypes.DriverError, `guest init script not found next to ${here}`);
 }
 
-async function exists(p: string): Promise<boolean> {
-  try {
-    await access(p);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 async function run(cmd: string, args: string[], cwd?: string): Promise<string> {
   try {

@@ -13,6 +13,7 @@ import { withQmp, type QmpClient } from './qmp.js';
 import { NbdBlockSource } from './nbd-client.js';
 import { DEFAULT_QEMU, instancePaths, launchQemu, livePid, stopQemu, type InstancePaths } from './qemu-process.js';
 import { DEFAULT_GRANULARITY, LIVE_EXPORT, ensureExport, removeExports, startTracking, stopTracking, takeRound } from './dirty-tracking.js';
+import { exists } from '../file-exists.js';
 
 const execFileP = promisify(execFile);
 
@@ -339,14 +340,6 @@ export class QemuDriver implements HypervisorDriver {
   }
 }
 
-async function exists(f: string): Promise<boolean> {
-  try {
-    await access(f);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 /** A sparse raw disk of `bytes`; an existing one of the same size is kept (idempotent prepare). */
 async function ensureDisk(path: string, bytes: number): Promise<void> {

@@ -9,6 +9,7 @@ import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { FerryError, ErrorTypes } from '../../shared/errors.js';
 import { ensureGuestImage, packCpio } from '../guest-image.js';
+import { exists } from '../../drivers/file-exists.js';
 
 const execFileP = promisify(execFile);
 const here = dirname(fileURLToPath(import.meta.url));
@@ -42,14 +43,6 @@ export interface XenImages {
   guestInitrd: string;
 }
 
-async function exists(p: string): Promise<boolean> {
-  try {
-    await access(p);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 async function run(cmd: string, args: string[], opts: { cwd?: string; timeoutMs?: number } = {}): Promise<string> {
   try {

@@ -3,14 +3,14 @@
 import { Context, heartbeat, activityInfo } from '@temporalio/activity';
 import type { Client } from '@temporalio/client';
 import { randomBytes } from 'node:crypto';
-import { statfs, mkdir } from 'node:fs/promises';
-import { join } from 'node:path';
+import { mkdir } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 import type { Logger } from 'pino';
 import type { HypervisorDriver, InstanceSpec } from '../drivers/driver.js';
 import { DiskReceiver } from '../dataplane/receiver.js';
 import { sendStream } from '../dataplane/sender.js';
 import { sha256OfSource } from '../dataplane/digest.js';
-import { openFileSource } from '../dataplane/file-source.js';
+import { targetAsSource } from '../dataplane/disk-target.js';
 import type { ReceiverEndpoint, TransferProgress } from '../dataplane/types.js';
 import type { MigrationOptions } from '../shared/options.js';
 import { progressSignal } from '../shared/messages.js';
@@ -99,11 +99,9 @@ export function createNodeActivities(deps: NodeActivityDeps) {
         if (state !== 'absent' && !receivers.has(migrationId)) {
           throw new FerryError(ErrorTypes.InvalidDestination, `${deps.nodeName} already holds an instance named ${spec.id} (${state}); remove it before migrating there`);
         }
-        const diskDir = join(driver.destinationDiskPath(spec), '..');
-        await mkdir(diskDir, { recursive: true });
-        const fs = await statfs(diskDir);
-        const free = fs.bavail * fs.bsize;
+        const free = await driver.destinationFreeBytes(spec);
         if (free < spec.diskBytes) {
+          const diskDir = dirname(driver.destinationDiskPath(spec));
           throw new FerryError(ErrorTypes.DestinationDiskFull, `${deps.nodeName} has ${free} bytes free in ${diskDir}, the disk of ${spec.id} needs ${spec.diskBytes}`);
         }
         await driver.checkMigratable(spec);
@@ -122,6 +120,7 @@ export function createNodeActivities(deps: NodeActivityDeps) {
             port: 0,
             token: randomBytes(32).toString('hex'),
             diskPath: driver.destinationDiskPath(spec),
+            openDisk: () => driver.openDestinationDisk(spec),
             diskSize: spec.diskBytes,
             tls,
             stateFile: receiverStateFile(migrationId),
@@ -266,8 +265,8 @@ export function createNodeActivities(deps: NodeActivityDeps) {
   };
 }
 
-function openDestinationDisk(driver: HypervisorDriver, spec: InstanceSpec) {
-  return openFileSource(driver.destinationDiskPath(spec));
+async function openDestinationDisk(driver: HypervisorDriver, spec: InstanceSpec) {
+  return targetAsSource(await driver.openDestinationDisk(spec), spec.diskBytes);
 }
 
 export type NodeActivities = ReturnType<typeof createNodeActivities>;

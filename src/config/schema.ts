@@ -50,6 +50,27 @@ const inventorySchema = z.strictObject({
   path: pathString.default('/var/lib/ferry/inventory.db'),
 });
 
+// A Xen node's worker drives its dom0 through `xl` and `dmsetup`: locally when the worker runs in
+// dom0, over SSH (host key pinned in a known_hosts file) when it runs elsewhere.
+const xenSchema = z.strictObject({
+  /** Per-instance state and destination disks, on the Xen host. */
+  stateDir: pathString.refine((p) => p.startsWith('/'), 'must be absolute').default('/var/lib/ferry/xen'),
+  /** dom0's address on the migration network (what the peer's `xl migrate` connects to). */
+  migrationAddress: address.optional(),
+  /** `xl migrate -s` transport as an argv; default plain ssh. */
+  migrateSshCommand: z.array(z.string().min(1).refine((w) => !w.includes('\0'), 'must not contain NUL')).min(1).optional(),
+  bridge: z.string().regex(/^[a-zA-Z0-9_.-]{1,15}$/, 'must be an interface name').optional(),
+  ssh: z
+    .strictObject({
+      host: address,
+      port: z.number().int().min(1).max(65535).default(22),
+      user: z.string().regex(/^[a-z_][a-z0-9_-]{0,31}$/, 'must be a user name').default('root'),
+      keyFile: pathString,
+      knownHostsFile: pathString,
+    })
+    .optional(),
+});
+
 // Only node workers have this section; `loadConfig({ nodeName })` lets `--node NAME` fill in
 // the name before validation, so the output is always complete.
 const nodeSchema = z
@@ -58,6 +79,7 @@ const nodeSchema = z
     hypervisor: z.enum(['qemu', 'xen']).optional(),
     dataAddress: address,
     stateDir: pathString.optional(),
+    xen: xenSchema.optional(),
   })
   .transform((n) => ({ ...n, stateDir: n.stateDir ?? `/var/lib/ferry/nodes/${n.name}` }));
 

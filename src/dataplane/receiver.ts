@@ -2,11 +2,12 @@
 // disk with positioned writes, and acknowledges only what fdatasync made durable.
 import net from 'node:net';
 import tls from 'node:tls';
-import { open, rename, readFile, type FileHandle } from 'node:fs/promises';
+import { open, rename, readFile } from 'node:fs/promises';
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { crc32c } from '@node-rs/crc32';
 import { FerryError, ErrorTypes, type ErrorType } from '../shared/errors.js';
-import type { ReceiverEndpoint } from './types.js';
+import type { DiskTarget, ReceiverEndpoint } from './types.js';
+import { openLocalDiskTarget } from './disk-target.js';
 import {
   ByteReader, decodeFrameHeader, encodeErrorReply, encodeOffsetReply, FrameKind, FRAME_HEADER_BYTES,
   MAX_CHUNK_SIZE, readHello, ReplyKind, type Hello,
@@ -19,7 +20,10 @@ export interface ReceiverOptions {
   /** 0 = ephemeral. */
   port?: number;
   token: string;
+  /** The disk's path (on this machine unless `openDisk` says otherwise); named in errors. */
   diskPath: string;
+  /** Opens the disk to write; default: the local file `diskPath`. A Xen node passes its host's file. */
+  openDisk?: () => Promise<DiskTarget>;
   diskSize: number;
   /** Serve TLS with a freshly generated self-signed certificate (endpoint().certPem pins it). */
   tls: boolean;
@@ -55,7 +59,7 @@ export class DiskReceiver {
 
   private constructor(
     private readonly opts: ReceiverOptions,
-    private readonly fh: FileHandle,
+    private readonly fh: DiskTarget,
     private readonly server: net.Server,
     private readonly certPem: string | undefined,
     streams: Record<string, StreamState>,
@@ -70,9 +74,9 @@ export class DiskReceiver {
     if (!opts.token) throw new FerryError(ErrorTypes.BadInput, 'the receiver needs a non-empty token');
     const streams = await loadState(opts.stateFile);
     // Open without truncating: a reopened receiver keeps what earlier streams wrote.
-    const fh = await open(opts.diskPath, 'a+').then((f) => f.close()).then(() => open(opts.diskPath, 'r+'));
+    const fh = opts.openDisk ? await opts.openDisk() : await openLocalDiskTarget(opts.diskPath);
     try {
-      const { size } = await fh.stat();
+      const size = await fh.size();
       if (size > opts.diskSize) {
         throw new FerryError(ErrorTypes.BadInput, `${opts.diskPath} is ${size} bytes, larger than the ${opts.diskSize}-byte disk it should receive`);
       }
@@ -229,19 +233,14 @@ export class DiskReceiver {
   }
 
   private async writeAt(buf: Buffer, offset: number): Promise<void> {
-    let done = 0;
-    while (done < buf.length) {
-      const { bytesWritten } = await this.fh.write(buf, done, buf.length - done, offset + done);
-      done += bytesWritten;
-    }
+    await this.fh.write(offset, buf);
   }
 
   /** Writes zeros only where the disk is not already zero, so a fresh sparse disk stays sparse. */
   private async writeZeros(offset: number, length: number): Promise<number> {
     if (this.zeros.length < length) this.zeros = Buffer.alloc(length);
-    const cur = Buffer.allocUnsafe(length);
-    const { bytesRead } = await this.fh.read(cur, 0, length, offset);
-    if (bytesRead === length && cur.equals(this.zeros.subarray(0, length))) return 0;
+    const cur = await this.fh.read(offset, length);
+    if (cur.length === length && cur.equals(this.zeros.subarray(0, length))) return 0;
     await this.writeAt(this.zeros.subarray(0, length), offset);
     return length;
   }

@@ -60,3 +60,17 @@ export interface DirtyTracker {
   nextRound(): Promise<Extent[]>;
   stop(): Promise<void>;
 }
+
+/**
+ * The destination disk the receiver writes: a local file, or a file on a Xen host reached through
+ * the driver's executor. `datasync` must make every completed write durable (the receiver
+ * acknowledges only after it).
+ */
+export interface DiskTarget {
+  size(): Promise<number>;
+  truncate(size: number): Promise<void>;
+  read(offset: number, length: number): Promise<Buffer>;
+  write(offset: number, data: Buffer): Promise<void>;
+  datasync(): Promise<void>;
+  close(): Promise<void>;
+}

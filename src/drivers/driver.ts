@@ -2,7 +2,7 @@
 // it on the host it belongs to; it keeps no state in memory that a worker restart would lose
 // (QEMU processes, bitmaps and domains live on the host and are found again by name).
 import type { Extent } from '../shared/extents.js';
-import type { BlockSource } from '../dataplane/types.js';
+import type { BlockSource, DiskTarget } from '../dataplane/types.js';
 
 export type HypervisorKind = 'qemu' | 'xen';
 
@@ -53,8 +53,12 @@ export interface HypervisorDriver {
   // --- destination side ---
   /** Creates the disk (same size, raw) and an instance waiting for memory, paused. Idempotent. */
   prepareDestination(spec: InstanceSpec, opts: { listenHost: string }): Promise<{ memoryUri: string }>;
-  /** Path the data plane writes the disk to. */
+  /** Path of the disk on the destination host (what the inventory records). */
   destinationDiskPath(spec: InstanceSpec): string;
+  /** Free bytes where the destination disk will live (creating its folder if needed). */
+  destinationFreeBytes(spec: InstanceSpec): Promise<number>;
+  /** Opens the destination disk for the data plane's receiver (created by prepareDestination). */
+  openDestinationDisk(spec: InstanceSpec): Promise<DiskTarget>;
   /** After the switchover: runs the instance. Idempotent. */
   resume(spec: InstanceSpec): Promise<void>;
   /** Rollback: removes the destination instance and its disk. Idempotent. */

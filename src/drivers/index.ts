@@ -1,4 +1,5 @@
 // Picks the hypervisor driver of this node from the config.
+import { readFile } from 'node:fs/promises';
 import type { FerryConfig } from '../config/index.js';
 import type { HypervisorDriver } from './driver.js';
 
@@ -11,10 +12,26 @@ export async function createDriver(cfg: FerryConfig): Promise<HypervisorDriver> 
       return createQemuDriver({ stateDir: node.stateDir });
     }
     case 'xen': {
-      // The node worker runs in the Xen host's dom0 and drives `xl` there (docs/xen.md).
+      // In dom0 the worker runs `xl` itself; elsewhere it reaches dom0 over SSH (docs/xen.md).
       const { createXenDriver } = await import('./xen/xen-driver.js');
-      const { LocalExecutor } = await import('./xen/executor.js');
-      return createXenDriver({ executor: new LocalExecutor(), stateDir: node.stateDir });
+      const { LocalExecutor, SshExecutor } = await import('./xen/executor.js');
+      const xen = node.xen;
+      const executor = xen?.ssh
+        ? await SshExecutor.connect({
+            host: xen.ssh.host,
+            port: xen.ssh.port,
+            username: xen.ssh.user,
+            privateKey: await readFile(xen.ssh.keyFile),
+            knownHostsFile: xen.ssh.knownHostsFile,
+          })
+        : new LocalExecutor();
+      return createXenDriver({
+        executor,
+        stateDir: xen?.stateDir ?? '/var/lib/ferry/xen',
+        migrationAddress: xen?.migrationAddress,
+        migrateSshCommand: xen?.migrateSshCommand,
+        bridge: xen?.bridge,
+      });
     }
     default:
       throw new Error(`no driver for hypervisor ${String(kind)}`);

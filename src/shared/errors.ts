@@ -17,6 +17,10 @@ export const ErrorTypes = {
   AuthFailed: 'AuthFailed',
   MigrationCancelled: 'MigrationCancelled',
   MemoryMigrationFailed: 'MemoryMigrationFailed',
+  /** The destination hypervisor refused the memory stream; the guest runs on the source again. */
+  MigrationRefused: 'MigrationRefused',
+  /** The hypervisor lost track of the guest and Ferry found no single running copy: an operator must look. */
+  GuestStateUndefined: 'GuestStateUndefined',
   DriverError: 'DriverError',
 } as const;
 export type ErrorType = (typeof ErrorTypes)[keyof typeof ErrorTypes];
@@ -34,6 +38,8 @@ export const NON_RETRYABLE: ErrorType[] = [
   ErrorTypes.PvNeedsShadowPaging,
   ErrorTypes.BadInput,
   ErrorTypes.AuthFailed,
+  ErrorTypes.MigrationRefused,
+  ErrorTypes.GuestStateUndefined,
 ];
 
 /** A plain Error carrying a Ferry error type; activities convert it with `toFailure`. */

@@ -95,6 +95,8 @@ export async function migrateInstance(input: MigrateInput): Promise<MigrationRes
     timeline: [],
   };
   let cancelReason: string | undefined;
+  // True while a hypervisor moves memory in a call that also hands the guest over (xl migrate).
+  let memoryUninterruptible = false;
   // Everything before the point of no return runs in this scope; cancelling it rolls back.
   const beforeSwitchover = new CancellationScope();
 
@@ -116,6 +118,12 @@ export async function migrateInstance(input: MigrateInput): Promise<MigrationRes
     },
     {
       validator: (_reason: string) => {
+        if (memoryUninterruptible) {
+          throw ApplicationFailure.nonRetryable(
+            `cannot cancel now: xl migrate is moving ${input.instanceId}'s memory to ${input.destination} and hands the guest over at its end; it cannot be interrupted safely. If it fails the migration rolls back by itself, otherwise it finishes.`,
+            'TooLateToCancel',
+          );
+        }
         if (progress.pastPointOfNoReturn) {
           throw ApplicationFailure.nonRetryable(
             `too late to cancel: ${input.instanceId} is already switching over to ${input.destination} (phase ${progress.phase}); the migration can only finish`,
@@ -169,6 +177,54 @@ export async function migrateInstance(input: MigrateInput): Promise<MigrationRes
   let diskIdentical: boolean | undefined;
   let destDiskPath: string | undefined;
   let memory: { totalMs: number; downtimeMs?: number; transferredBytes: number } = { totalMs: 0, transferredBytes: 0 };
+  // Xen: `xl migrate -p` hands the guest over (paused on the destination) before the final sync.
+  const memoryHandsOver = spec.hypervisor === 'xen';
+  let handedOver = false;
+  let dest!: Awaited<ReturnType<NodeActivities['prepareDestination']>>;
+
+  // One stream, resent through a freshly (re)opened receiver if the destination worker died.
+  // Rolling forward (`forward`), it never gives up: the guest is already on the destination.
+  const stream = async (streamId: string, round: number | undefined, forward = false) => {
+    const via = forward ? nodeActivities(source.name).forward : src.long;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        const r = await via.sendDisk({ migrationId, spec, endpoint: dest.endpoint, streamId, round, options });
+        diskWireBytes += r.wireBytes;
+        return r;
+      } catch (err) {
+        if (isCancellation(err) || (!forward && (attempt >= 3 || !isRetryable(err)))) throw err;
+        log.warn('stream failed; reopening the receiver', { streamId, attempt, error: String(err) });
+        dest = await (forward ? nodeActivities(destination.name).forward : dst.quick).prepareDestination({ migrationId, spec, tls: options.tls });
+      }
+    }
+  };
+
+  /** The last dirty blocks, with the source stopped; then, if asked, both disks' digests. */
+  const finalSync = async (forward: boolean) => {
+    rounds += 1;
+    await stream('final', rounds, forward);
+    if (!options.verifyDisk) return;
+    const digests = async () => {
+      const [s, d] = forward ? [nodeActivities(source.name).forward, nodeActivities(destination.name).forward] : [src.long, dst.long];
+      return Promise.all([s.digestDisk({ spec, side: 'source' }), d.digestDisk({ spec, side: 'destination' })]);
+    };
+    let [a, b] = await digests();
+    if (a !== b && forward) {
+      // No rollback once handed over: resend the whole (stopped) source disk, then check again.
+      log.error('disk digests differ after the final sync; resending the whole disk', { source: a, destination: b });
+      await stream('final-full', undefined, true);
+      [a, b] = await digests();
+    }
+    diskIdentical = a === b;
+    if (!diskIdentical) {
+      throw ApplicationFailure.nonRetryable(
+        forward
+          ? `disk digests differ after the final sync (source ${a}, destination ${b}); ${spec.id} waits paused on ${destination.name} and the inventory still names ${source.name}: inspect both disks`
+          : `disk digests differ after the final sync (source ${a}, destination ${b}); rolled back, the source keeps running`,
+        'DiskMismatch',
+      );
+    }
+  };
 
   try {
     await beforeSwitchover.run(async () => {
@@ -181,7 +237,7 @@ export async function migrateInstance(input: MigrateInput): Promise<MigrationRes
       // --- 3. prepare the destination: disk, paused instance waiting for memory, receiver ---
       enter('prepare');
       undo.push({ name: 'remove destination', run: () => dst.quick.abortDestination({ migrationId, spec }) });
-      let dest = await dst.quick.prepareDestination({ migrationId, spec, tls: options.tls });
+      dest = await dst.quick.prepareDestination({ migrationId, spec, tls: options.tls });
       destDiskPath = dest.diskPath;
       await hold('prepare');
 
@@ -191,31 +247,9 @@ export async function migrateInstance(input: MigrateInput): Promise<MigrationRes
       await src.quick.startDirtyTracking({ spec });
       await hold('track');
 
-      // One stream, resent through a freshly (re)opened receiver if the destination worker died.
-      const stream = async (streamId: string, round?: number) => {
-        for (let attempt = 1; ; attempt++) {
-          try {
-            const r = await src.long.sendDisk({
-              migrationId,
-              spec,
-              endpoint: dest.endpoint,
-              streamId,
-              round,
-              options,
-            });
-            diskWireBytes += r.wireBytes;
-            return r;
-          } catch (err) {
-            if (isCancellation(err) || attempt >= 3 || !isRetryable(err)) throw err;
-            log.warn('stream failed; reopening the receiver', { streamId, attempt, error: String(err) });
-            dest = await dst.quick.prepareDestination({ migrationId, spec, tls: options.tls });
-          }
-        }
-      };
-
       // --- 5. bulk copy ---
       enter('bulk-copy');
-      const bulk = await stream('bulk');
+      const bulk = await stream('bulk', undefined);
       let rate = bulk.elapsedMs > 0 ? (bulk.doneBytes / bulk.elapsedMs) * 1000 : 0;
       await hold('bulk-copy');
 
@@ -246,27 +280,36 @@ export async function migrateInstance(input: MigrateInput): Promise<MigrationRes
       // --- 7. memory pre-copy; resolves with the source paused, block devices still active ---
       enter('memory');
       undo.push({ name: 'cancel memory migration', run: () => src.quick.cancelMigration({ spec }) });
-      await src.long.migrateMemory({
-        migrationId,
-        spec,
-        memoryUri: dest.memoryUri,
-        options,
-        memoryDowntimeMs: memoryDowntimeMs(options.downtimeMs, progress.projectedDowntimeMs),
-      });
+      const migrateMemory = () =>
+        src.long.migrateMemory({
+          migrationId,
+          spec,
+          memoryUri: dest.memoryUri,
+          options,
+          memoryDowntimeMs: memoryDowntimeMs(options.downtimeMs, progress.projectedDowntimeMs),
+        });
+      if (memoryHandsOver) {
+        // xl migrate cannot be interrupted safely: cancel requests are refused while it runs and
+        // Temporal cancellation is shielded. A failure still rolls back (the guest is resumed on
+        // the source, or the driver found it there); success means the destination holds it.
+        memoryUninterruptible = true;
+        try {
+          await CancellationScope.nonCancellable(migrateMemory);
+          progress.pastPointOfNoReturn = true;
+          handedOver = true;
+        } finally {
+          memoryUninterruptible = false;
+        }
+        pausedAt = Date.now();
+        return; // the final sync happens past the point of no return, below
+      }
+      await migrateMemory();
       pausedAt = Date.now();
       await hold('memory');
 
       // --- 8a. final disk sync, source paused: the destination never runs on stale blocks ---
       enter('final-sync');
-      rounds += 1;
-      await stream('final', rounds);
-      if (options.verifyDisk) {
-        const [a, b] = await Promise.all([src.long.digestDisk({ spec, side: 'source' }), dst.long.digestDisk({ spec, side: 'destination' })]);
-        diskIdentical = a === b;
-        if (!diskIdentical) {
-          throw ApplicationFailure.nonRetryable(`disk digests differ after the final sync (source ${a}, destination ${b}); rolled back, the source keeps running`, 'DiskMismatch');
-        }
-      }
+      await finalSync(false);
     });
   } catch (err) {
     const reason = cancelReason ?? describe(err);
@@ -292,13 +335,18 @@ export async function migrateInstance(input: MigrateInput): Promise<MigrationRes
 
   // === POINT OF NO RETURN ===
   // Until here the source held the only running copy and every step had an undo. `switchover`
-  // lets QEMU send the last memory pages and CPU state; from then on the destination is the
-  // instance and the workflow only rolls forward: cancel requests are refused, Temporal
-  // cancellation is shielded, and failed steps are retried until they succeed.
+  // lets QEMU send the last memory pages and CPU state (for Xen, `xl migrate` already did, and
+  // the final sync happens here); from then on the destination is the instance and the workflow
+  // only rolls forward: cancel requests are refused, Temporal cancellation is shielded, and
+  // failed steps are retried until they succeed.
   progress.pastPointOfNoReturn = true;
   const srcForward = nodeActivities(source.name).forward;
   const dstForward = nodeActivities(destination.name).forward;
   await CancellationScope.nonCancellable(async () => {
+    if (handedOver) {
+      enter('final-sync', 'the guest waits paused on the destination');
+      await finalSync(true);
+    }
     enter('resume');
     memory = await srcForward.switchover({ spec });
     await dstForward.resume({ migrationId, spec });

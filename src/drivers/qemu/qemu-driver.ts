@@ -2,11 +2,12 @@
 // All state lives in `<stateDir>/<instanceId>/` (sockets, pidfile, tracking rounds), so a worker
 // that restarts finds its instances again. See docs/qemu-driver.md.
 import { execFile } from 'node:child_process';
-import { access, mkdir, open, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { access, mkdir, open, readFile, rm, stat, statfs, writeFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import type { HypervisorDriver, InstanceSpec, MemoryProgress, MemoryResult, RuntimeState } from '../driver.js';
-import type { BlockSource } from '../../dataplane/types.js';
+import type { BlockSource, DiskTarget } from '../../dataplane/types.js';
+import { openLocalDiskTarget } from '../../dataplane/disk-target.js';
 import type { Extent } from '../../shared/extents.js';
 import { FerryError, ErrorTypes } from '../../shared/errors.js';
 import { withQmp, type QmpClient } from './qmp.js';
@@ -128,6 +129,17 @@ export class QemuDriver implements HypervisorDriver {
   destinationDiskPath(spec: InstanceSpec): string {
     instancePaths(this.stateDir, spec.id);
     return join(this.diskDir, `${spec.id}.raw`);
+  }
+
+  async destinationFreeBytes(spec: InstanceSpec): Promise<number> {
+    const dir = dirname(this.destinationDiskPath(spec));
+    await mkdir(dir, { recursive: true });
+    const fs = await statfs(dir);
+    return fs.bavail * fs.bsize;
+  }
+
+  openDestinationDisk(spec: InstanceSpec): Promise<DiskTarget> {
+    return openLocalDiskTarget(this.destinationDiskPath(spec));
   }
 
   async prepareDestination(spec: InstanceSpec, opts: { listenHost: string }): Promise<{ memoryUri: string }> {

@@ -3,8 +3,10 @@
 import { execFile } from 'node:child_process';
 import { open as openLocal } from 'node:fs/promises';
 import { readFile } from 'node:fs/promises';
+import type { Duplex } from 'node:stream';
 import { Client, type ConnectConfig, type SFTPWrapper } from 'ssh2';
 import { FerryError, ErrorTypes } from '../../shared/errors.js';
+import type { DiskTarget } from '../../dataplane/types.js';
 
 export interface RunResult {
   stdout: string;
@@ -20,8 +22,11 @@ export interface RunOptions {
   timeoutMs?: number;
 }
 
-/** A file (or block device) on the executor's host, read and written at positions. */
-export interface HostFile {
+/**
+ * A file on the executor's host, read and written at positions. It is a DiskTarget, so the data
+ * plane's receiver can write a Xen host's disk through it.
+ */
+export interface HostFile extends DiskTarget {
   read(offset: number, length: number): Promise<Buffer>;
   write(offset: number, data: Buffer): Promise<void>;
   close(): Promise<void>;
@@ -93,6 +98,9 @@ export class LocalExecutor implements Executor {
           done += bytesWritten;
         }
       },
+      size: async () => (await fh.stat()).size,
+      truncate: (size) => fh.truncate(size),
+      datasync: () => fh.datasync(),
       close: () => fh.close(),
     };
   }
@@ -302,6 +310,19 @@ export class SshExecutor implements Executor {
         }
         await Promise.all(parts);
       },
+      size: () =>
+        new Promise<number>((resolve, reject) =>
+          sftp.fstat(handle, (err, st) => (err ? reject(new FerryError(ErrorTypes.DriverError, `stat ${path} on ${where}: ${err.message}`)) : resolve(st.size))),
+        ),
+      truncate: (size) =>
+        new Promise<void>((resolve, reject) =>
+          sftp.fsetstat(handle, { size }, (err) => (err ? reject(new FerryError(ErrorTypes.DriverError, `truncate ${path} on ${where}: ${err.message}`)) : resolve())),
+        ),
+      // OpenSSH's fsync extension: the receiver acknowledges only what the host made durable.
+      datasync: () =>
+        new Promise<void>((resolve, reject) =>
+          sftp.ext_openssh_fsync(handle, (err) => (err ? reject(new FerryError(ErrorTypes.DriverError, `fsync ${path} on ${where}: ${err.message}`)) : resolve())),
+        ),
       close: () => new Promise<void>((resolve) => sftp.close(handle, () => resolve())),
     };
   }
@@ -317,6 +338,15 @@ export class SshExecutor implements Executor {
     const sftp = await this.sftp();
     return new Promise((resolve, reject) =>
       sftp.readFile(path, (err, d) => (err ? reject(new FerryError(ErrorTypes.DriverError, `read ${path} on ${this.where}: ${err.message}`)) : resolve(d))),
+    );
+  }
+
+  /** A TCP connection opened by the host's sshd to `host:port` as seen from the host (direct-tcpip). */
+  openTcp(host: string, port: number): Promise<Duplex> {
+    return new Promise((resolve, reject) =>
+      this.conn.forwardOut('127.0.0.1', 0, host, port, (err, stream) =>
+        err ? reject(new FerryError(ErrorTypes.DriverError, `tcp to ${host}:${port} through ${this.where}: ${err.message}`)) : resolve(stream),
+      ),
     );
   }
 

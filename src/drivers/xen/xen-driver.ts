@@ -14,7 +14,8 @@ import type { BlockSource } from '../../dataplane/types.js';
 import type { Extent } from '../../shared/extents.js';
 import { ID_PATTERN } from '../../shared/names.js';
 import { FerryError, ErrorTypes } from '../../shared/errors.js';
-import { runOk, type Executor } from './executor.js';
+import { runOk, shellQuote, type Executor } from './executor.js';
+import type { DiskTarget } from '../../dataplane/types.js';
 import { dmExists, dmPath, ensureEraDevice, removeEraDevice, checkpoint, writtenSince } from './era-tracking.js';
 
 export interface XenDriverOptions {
@@ -26,6 +27,16 @@ export interface XenDriverOptions {
   diskDir?: string;
   /** Bridge for the guest's vif; default xenbr0. */
   bridge?: string;
+  /**
+   * This dom0's address on the migration network, where the source's `xl migrate` reaches it over
+   * ssh. Default: the worker's data address (right when the worker runs inside dom0).
+   */
+  migrationAddress?: string;
+  /**
+   * Transport for `xl migrate -s` as an argv (default: plain `ssh`). xl hands the joined string to
+   * sh, so each word is quoted here.
+   */
+  migrateSshCommand?: string[];
   /** Limit for one `xl migrate` (ms); default 30 min. */
   migrateTimeoutMs?: number;
   pollMs?: number;
@@ -37,6 +48,8 @@ export const MEMORY_URI_PREFIX = 'xl-ssh:';
 interface MigrationRecord {
   totalMs: number;
   peer: string;
+  /** Set when xl ended in an undefined state and Ferry settled it by looking at both hosts. */
+  settled?: string;
 }
 
 interface XlDomain {
@@ -221,9 +234,24 @@ export class XenDriver implements HypervisorDriver {
     return `${this.diskDir}/${spec.id}.raw`;
   }
 
+  async destinationFreeBytes(spec: InstanceSpec): Promise<number> {
+    const dir = this.destinationDiskPath(spec).replace(/\/[^/]+$/, '');
+    await runOk(this.ex, 'mkdir', ['-p', dir]);
+    const out = await runOk(this.ex, 'df', ['-B1', '--output=avail', dir]);
+    const free = Number(out.trim().split('\n').pop()?.trim());
+    if (!Number.isFinite(free)) throw new FerryError(ErrorTypes.DriverError, `cannot read free space of ${dir} on ${this.ex.where}: ${out.trim()}`);
+    return free;
+  }
+
+  /** The receiver writes the destination's disk file on the host (through SFTP when remote). */
+  openDestinationDisk(spec: InstanceSpec): Promise<DiskTarget> {
+    return this.ex.openFile(this.destinationDiskPath(spec), 'r+');
+  }
+
   async prepareDestination(spec: InstanceSpec, opts: { listenHost: string }): Promise<{ memoryUri: string }> {
     this.checkSpec(spec);
-    if (!HOST_RE.test(opts.listenHost)) throw new FerryError(ErrorTypes.BadInput, `bad listen host ${JSON.stringify(opts.listenHost)}`);
+    const listenHost = this.opts.migrationAddress ?? opts.listenHost;
+    if (!HOST_RE.test(listenHost)) throw new FerryError(ErrorTypes.BadInput, `bad listen host ${JSON.stringify(listenHost)}`);
     const st = await this.state(spec);
     if (st === 'running') throw new FerryError(ErrorTypes.InvalidDestination, `${spec.id} already runs on this host`);
     const disk = this.destinationDiskPath(spec);
@@ -233,7 +261,7 @@ export class XenDriver implements HypervisorDriver {
     // must exist here before the domain arrives.
     await ensureEraDevice(this.ex, spec.id, disk, this.metaFile(spec, disk));
     // xl migrate-receive is started by the source over ssh: nothing listens until then.
-    return { memoryUri: `${MEMORY_URI_PREFIX}${opts.listenHost}` };
+    return { memoryUri: `${MEMORY_URI_PREFIX}${listenHost}` };
   }
 
   async resume(spec: InstanceSpec): Promise<void> {
@@ -254,11 +282,14 @@ export class XenDriver implements HypervisorDriver {
   }
 
   async abortDestination(spec: InstanceSpec): Promise<void> {
+    // xl's receiver renames `<id>--incoming` to `<id>` only once the sender gave it the guest: a
+    // domain under the instance's own name here IS the guest (prepareDestination never creates
+    // one, checkDestination refuses a host that has one). Never destroy it.
     const st = await this.state(spec);
-    if (st === 'running') throw new FerryError(ErrorTypes.DriverError, `refusing to abort ${spec.id} here: it already runs on this host`);
-    for (const name of [spec.id, `${spec.id}--incoming`]) {
-      if (await this.domain(name)) await this.ex.run('xl', ['destroy', name]);
+    if (st !== 'absent' && st !== 'incoming') {
+      throw new FerryError(ErrorTypes.DriverError, `refusing to remove ${spec.id} from ${this.ex.where}: xl already handed the guest over to this host (${st}); finish the migration instead`);
     }
+    if (await this.domain(`${spec.id}--incoming`)) await this.ex.run('xl', ['destroy', `${spec.id}--incoming`]);
     const disk = this.destinationDiskPath(spec);
     await removeEraDevice(this.ex, spec.id, disk, this.metaFile(spec, disk));
     await runOk(this.ex, 'rm', ['-rf', '--', disk, this.metaFile(spec, disk), this.dir(spec)]);
@@ -352,7 +383,8 @@ export class XenDriver implements HypervisorDriver {
     const t0 = Date.now();
     // -p: the destination stays paused, so the final disk sync can happen before it runs.
     // xl has no bandwidth or downtime knob; the options are accepted and not applied (docs/xen.md).
-    const r = await this.ex.run('xl', ['migrate', '-p', spec.id, peer], { timeoutMs: this.opts.migrateTimeoutMs ?? 30 * 60_000 });
+    const transport = this.opts.migrateSshCommand?.length ? ['-s', this.opts.migrateSshCommand.map(shellQuote).join(' ')] : [];
+    const r = await this.ex.run('xl', ['migrate', ...transport, '-p', spec.id, peer], { timeoutMs: this.opts.migrateTimeoutMs ?? 30 * 60_000 });
     const totalMs = Date.now() - t0;
     const tail = (r.stderr || r.stdout).trim().split('\n').slice(-8).join('\n');
     if (r.code === 0) {
@@ -361,15 +393,36 @@ export class XenDriver implements HypervisorDriver {
       return;
     }
     if (/resuming at sender/i.test(r.stderr) && (await this.state(spec)) === 'running') {
-      throw new FerryError(ErrorTypes.MemoryMigrationFailed, `xl migrate of ${spec.id} to ${peer} failed; the guest was resumed here:\n${tail}`);
+      throw new FerryError(ErrorTypes.MigrationRefused, `xl migrate of ${spec.id} to ${peer} failed; the guest was resumed here:\n${tail}`);
     }
     // "Domain state is now undefined" or anything unexpected: never guess, look on both hosts.
+    return this.settleUndefined(spec, peer, totalMs, r.code, tail);
+  }
+
+  /**
+   * After a failed `xl migrate` that did not resume the sender, find out which end holds the
+   * guest. xl's receiver renames `<id>--incoming` to `<id>` only after the sender's permission to
+   * go, so a domain under the instance's own name on the destination means the handover happened:
+   * record it, and the workflow rolls forward from there. Anything else is reported, not guessed.
+   */
+  private async settleUndefined(spec: InstanceSpec, peer: string, totalMs: number, code: number, tail: string): Promise<void> {
     const here = (await this.list()).filter((d) => d.name === spec.id || d.name.startsWith(`${spec.id}--`));
     const there = await this.peerList(peer);
+    const where = `source ${describe(here)}, destination ${describe(there)}`;
     const located = { source: here, destination: there };
+    const runningHere = here.find((d) => d.name === spec.id && stateOf(d.state) !== 'stopped');
+    if (runningHere) {
+      throw new FerryError(ErrorTypes.MemoryMigrationFailed, `xl migrate of ${spec.id} to ${peer} failed (exit ${code}); the guest is still here (${where}). xl said:\n${tail}`, located);
+    }
+    const handed = typeof there === 'string' ? undefined : there.find((d) => d.name === spec.id && stateOf(d.state) !== 'stopped');
+    if (handed) {
+      const settled = `xl left the state undefined (exit ${code}); found ${where}: the destination holds ${spec.id}, so the handover happened`;
+      await this.writeJson(this.migrationFile(spec), { totalMs, peer, settled } satisfies MigrationRecord);
+      return;
+    }
     throw new FerryError(
-      ErrorTypes.MemoryMigrationFailed,
-      `xl migrate of ${spec.id} to ${peer} failed (exit ${r.code}); where the guest is now: source ${describe(here)}, destination ${describe(there)}. xl said:\n${tail}`,
+      ErrorTypes.GuestStateUndefined,
+      `xl migrate of ${spec.id} to ${peer} failed (exit ${code}) and no host runs the guest: ${where}. Ferry will not guess: inspect both hosts (a suspended ${spec.id}--migratedaway on the source is the guest's last state). xl said:\n${tail}`,
       located,
     );
   }

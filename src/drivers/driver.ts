@@ -38,6 +38,8 @@ export interface MemoryResult {
   totalMs: number;
   downtimeMs?: number;
   transferredBytes: number;
+  /** Anything the operator should know about how the handover went (kept in the timeline). */
+  note?: string;
 }
 
 export interface HypervisorDriver {

@@ -1,10 +1,15 @@
-// `npm run demo`: the whole of Ferry on one machine. Starts the QEMU lab (two hosts in network
-// namespaces, Temporal, the workers), boots a guest on node-a that counts, writes records and
-// answers requests, migrates it live to node-b with a progress bar, checks what a user cares
-// about, and reports. `--json`: the last line of output is one JSON object.
+// `npm run demo`: the whole of Ferry on one machine. Starts a lab (QEMU: two hosts in network
+// namespaces; `--hypervisor xen`: two real Xen hosts under QEMU), Temporal and the workers, boots
+// a guest that counts, writes records and answers requests, migrates it live to the other host
+// with a progress bar, checks what a user cares about, and reports. `--json`: the last line of
+// output is one JSON object, the same for both hypervisors.
 import { Command } from 'commander';
 import { existsSync } from 'node:fs';
+import type { Client } from '@temporalio/client';
 import { startQemuLab } from './qemu-lab.js';
+import { startXenMigrationLab } from './xen/xen-migration-lab.js';
+import type { Inventory } from '../inventory/index.js';
+import type { InstanceSpec } from '../drivers/driver.js';
 import { startProber, quiesce, stat } from './guest-client.js';
 import { CONTROL_TASK_QUEUE, MIGRATE_WORKFLOW_TYPE, migrationWorkflowId } from '../shared/names.js';
 import { SA_DESTINATION, SA_INSTANCE } from '../shared/search-attributes.js';
@@ -15,52 +20,106 @@ import { watchProgress } from '../cli/progress.js';
 const opts = new Command('ferry-demo')
   .description('a live migration of a working guest in a local two-host QEMU lab')
   .option('--json', 'end with one JSON line (the report)')
-  .option('--disk <MiB>', 'guest disk size in MiB', '256')
+  .option('--disk <MiB>', 'guest disk size in MiB (default 256 for qemu, 64 for xen)')
   .option('--memory <MiB>', 'guest memory in MiB', '128')
-  .option('--link <Mbit>', 'shape the migration link to this rate (e.g. 100, as in the paper)')
-  .option('--keep', 'leave the lab running afterwards (Temporal UI on http://127.0.0.1:8233)')
-  .option('--hypervisor <kind>', 'qemu (xen: see docs/xen.md)', 'qemu')
+  .option('--link <Mbit>', 'qemu: shape the migration link to this rate (e.g. 100, as in the paper)')
+  .option('--keep', 'leave the lab running afterwards (Temporal UI: its address is printed)')
+  .option('--hypervisor <kind>', 'qemu, or xen (two Xen 4.17 hosts under QEMU; the first run builds their dom0, see docs/xen.md)', 'qemu')
   .parse(process.argv)
-  .opts<{ json?: boolean; disk: string; memory: string; link?: string; keep?: boolean; hypervisor: string }>();
+  .opts<{ json?: boolean; disk?: string; memory: string; link?: string; keep?: boolean; hypervisor: string }>();
 
 const say = (s: string) => process.stderr.write(`${s}\n`);
 
-async function main(): Promise<number> {
-  if (opts.hypervisor !== 'qemu') {
-    say(`ferry-demo: the ${opts.hypervisor} lab is not available yet; see docs/xen.md`);
-    return 2;
-  }
-  const t0 = Date.now();
-  const lab = await startQemuLab({ dir: '/var/tmp/ferry-demo', linkMbit: opts.link ? Number(opts.link) : undefined, log: (l) => say(`[lab] ${l}`) });
-  try {
+/** What the demo needs of a lab, whichever hypervisor runs it. */
+interface DemoLab {
+  client: Client;
+  inventory: Inventory;
+  source: string;
+  destination: string;
+  uiUrl: string;
+  boot(id: string): Promise<InstanceSpec>;
+  addresses(spec: InstanceSpec): Promise<Array<{ node: string; host: string; port: number }>>;
+  /** Nothing of the instance left on the source host (disk, domain or process state). */
+  sourceCleaned(spec: InstanceSpec): Promise<boolean>;
+  close(): Promise<void>;
+}
+
+const log = (l: string) => say(`[lab] ${l}`);
+const memoryMiB = Number(opts.memory);
+
+async function startDemoLab(): Promise<DemoLab> {
+  if (opts.hypervisor === 'qemu') {
+    const lab = await startQemuLab({ dir: '/var/tmp/ferry-demo', linkMbit: opts.link ? Number(opts.link) : undefined, log });
     say('[lab] starting the controller worker and a node worker in each namespace');
     await lab.startWorkers();
+    const diskMiB = Number(opts.disk ?? 256);
+    return {
+      client: lab.client,
+      inventory: lab.inventory,
+      source: 'node-a',
+      destination: 'node-b',
+      uiUrl: 'http://127.0.0.1:8233',
+      boot(id) {
+        say(`[lab] booting ${id} on node-a: ${memoryMiB} MiB memory, ${diskMiB} MiB disk with an ext4 file system of /usr/share/doc`);
+        return lab.bootGuest({ id, node: 'node-a', memoryMiB, diskMiB, rate: 5, contentDir: '/usr/share/doc' });
+      },
+      addresses: async (spec) => lab.serviceAddresses(spec),
+      sourceCleaned: async (spec) => !existsSync(spec.diskPath),
+      close: () => lab.close({ killGuests: true }),
+    };
+  }
+  if (opts.hypervisor === 'xen') {
+    const lab = await startXenMigrationLab({ dir: '/var/tmp/ferry-demo-xen', log });
+    say('[lab] starting the controller worker and a node worker per Xen host (each drives its dom0 over SSH)');
+    await lab.startWorkers();
+    const diskMiB = Number(opts.disk ?? 64);
+    return {
+      client: lab.client,
+      inventory: lab.inventory,
+      source: 'xa',
+      destination: 'xb',
+      uiUrl: 'http://127.0.0.1:8243',
+      boot(id) {
+        say(`[lab] booting PVH domain ${id} on Xen host xa: ${memoryMiB} MiB memory, ${diskMiB} MiB disk with an ext4 file system of /usr/share/perl`);
+        return lab.bootGuest({ id, node: 'xa', memoryMiB, diskMiB, rate: 5, contentDir: '/usr/share/perl' });
+      },
+      addresses: () => lab.serviceAddresses(),
+      sourceCleaned: async (spec) => (await lab.leftovers(spec, 'xa')).length === 0,
+      close: () => lab.close(),
+    };
+  }
+  throw new Error(`unknown hypervisor ${JSON.stringify(opts.hypervisor)}: qemu or xen`);
+}
+
+async function main(): Promise<number> {
+  const t0 = Date.now();
+  const lab = await startDemoLab();
+  const { source, destination } = lab;
+  try {
     const id = 'i-demo';
-    const diskMiB = Number(opts.disk);
-    say(`[lab] booting ${id} on node-a: ${opts.memory} MiB memory, ${diskMiB} MiB disk with an ext4 file system of /usr/share/doc`);
-    const spec = await lab.bootGuest({ id, node: 'node-a', memoryMiB: Number(opts.memory), diskMiB, rate: 5, contentDir: '/usr/share/doc' });
-    const addrs = lab.serviceAddresses(spec);
+    const spec = await lab.boot(id);
+    const addrs = await lab.addresses(spec);
     for (let i = 0; ; i++) {
       try {
         const s = await stat(addrs[0]!.host, addrs[0]!.port);
-        say(`[guest] answering on node-a: counter=${s.counter} seq=${s.seq}`);
+        say(`[guest] answering on ${source}: counter=${s.counter} seq=${s.seq}`);
         break;
       } catch {
-        if (i > 240) throw new Error('the guest did not come up on node-a');
+        if (i > 600) throw new Error(`the guest did not come up on ${source}`);
         await new Promise((r) => setTimeout(r, 500));
       }
     }
 
     const prober = startProber(addrs, 200);
     await new Promise((r) => setTimeout(r, 2000));
-    say(`[ferry] migrate ${id} --to node-b (Temporal UI: http://127.0.0.1:8233/namespaces/default/workflows/${migrationWorkflowId(id)})`);
+    say(`[ferry] migrate ${id} --to ${destination} (Temporal UI: ${lab.uiUrl}/namespaces/default/workflows/${migrationWorkflowId(id)})`);
     const handle = await lab.client.workflow.start(MIGRATE_WORKFLOW_TYPE, {
       taskQueue: CONTROL_TASK_QUEUE,
       workflowId: migrationWorkflowId(id),
-      args: [{ instanceId: id, destination: 'node-b', options: { verifyDisk: true } }],
+      args: [{ instanceId: id, destination, options: { verifyDisk: true } }],
       typedSearchAttributes: [
         { key: SA_INSTANCE, value: id },
-        { key: SA_DESTINATION, value: 'node-b' },
+        { key: SA_DESTINATION, value: destination },
       ],
     });
     await watchProgress(handle, { tty: process.stderr.isTTY === true });
@@ -74,14 +133,15 @@ async function main(): Promise<number> {
     await new Promise((res) => setTimeout(res, 2000));
     const probe = await prober.stop();
 
-    const dest = addrs.find((a) => a.node === 'node-b')!;
+    const dest = addrs.find((a) => a.node === destination)!;
     let lastSeq = 0;
     if (r?.outcome === 'migrated') lastSeq = await quiesce(dest.host, dest.port).catch(() => 0);
     const violations = lab.inventory.checkConsistency();
     const report = {
       instanceId: id,
-      source: 'node-a',
-      destination: 'node-b',
+      hypervisor: spec.hypervisor,
+      source,
+      destination,
       outcome: r?.outcome ?? 'failed',
       error,
       totalMs: r?.totalMs ?? 0,
@@ -97,8 +157,8 @@ async function main(): Promise<number> {
       guestCounterContinued: !probe.counterReset && (probe.lastCounter ?? 0) > (probe.firstCounter ?? 0),
       guestRequests: { sent: probe.requests, answered: probe.answered },
       lastDurableRecord: lastSeq,
-      inventoryConsistent: violations.length === 0 && lab.inventory.getInstance(id).host === (r?.outcome === 'migrated' ? 'node-b' : 'node-a'),
-      sourceCleaned: !existsSync(spec.diskPath),
+      inventoryConsistent: violations.length === 0 && lab.inventory.getInstance(id).host === (r?.outcome === 'migrated' ? destination : source),
+      sourceCleaned: await lab.sourceCleaned(spec),
       labMs: Date.now() - t0,
     };
     if (r) say(`\n${summarize(r)}`);
@@ -107,8 +167,8 @@ async function main(): Promise<number> {
     if (opts.json) process.stdout.write(`${JSON.stringify(report)}\n`);
     return report.outcome === 'migrated' && report.diskIdentical && report.guestCounterContinued && report.inventoryConsistent ? 0 : 1;
   } finally {
-    if (opts.keep) say('[lab] left running (--keep): Temporal UI on http://127.0.0.1:8233');
-    else await lab.close({ killGuests: true });
+    if (opts.keep) say(`[lab] left running (--keep): Temporal UI on ${lab.uiUrl}`);
+    else await lab.close();
   }
 }
 

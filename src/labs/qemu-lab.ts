@@ -3,11 +3,9 @@
 // namespace, and guests booted on the hosts. Used by the demo, the end-to-end tests and the
 // benchmarks, so all three exercise the same deployment.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
-import { createWriteStream, existsSync } from 'node:fs';
-import { mkdir, rm, writeFile, truncate, open, rename } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { createWriteStream } from 'node:fs';
+import { mkdir, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { stringify } from 'yaml';
 import type { Client } from '@temporalio/client';
 import { ensureLabNetwork, labNodes as labNodeMap, runInNamespace, shapeMigrationLink, LAB_CONTROL_ADDRESS as LAB_TEMPORAL_IP } from './lab-network.js';
@@ -21,20 +19,13 @@ import { loadConfig } from '../config/index.js';
 import { connectClient } from '../workers/connection.js';
 import type { InstanceSpec } from '../drivers/driver.js';
 import { migrationWorkflowId } from '../shared/names.js';
+import { ferryCommand, makeDisk, nodeScript, repoRoot, runToEnd, waitForPollers } from './lab-common.js';
+
+export { runToEnd, waitForPollers };
 
 const MiB = 1024 * 1024;
-const repoRoot = fileURLToPath(new URL('../..', import.meta.url));
 
-/** How to run the `ferry` CLI: the built one when running from dist, else the sources through tsx. */
-function ferryCommand(): string[] {
-  if (import.meta.url.endsWith('.js')) return [process.execPath, join(repoRoot, 'dist/cli/ferry.js')];
-  return [process.execPath, '--import', 'tsx', join(repoRoot, 'src/cli/ferry.ts')];
-}
 
-function nodeScript(name: string): string[] {
-  if (import.meta.url.endsWith('.js')) return [process.execPath, join(repoRoot, `dist/labs/${name}.js`)];
-  return [process.execPath, '--import', 'tsx', join(repoRoot, `src/labs/${name}.ts`)];
-}
 
 export interface LabOptions {
   dir?: string;
@@ -235,47 +226,5 @@ export async function startQemuLab(opts: LabOptions = {}) {
   return lab;
 }
 
-async function makeDisk(path: string, bytes: number, contentDir?: string, randomMiB = 0) {
-  if (contentDir && existsSync(contentDir)) {
-    // mkfs.ext4 -d of a big tree takes minutes under load: build each (tree, size) once, then
-    // copy it sparse for every guest.
-    const cached = join(dirname(path), '..', '..', '..', 'images', `${contentDir.replace(/[^a-zA-Z0-9]+/g, '_')}-${bytes}.ext4`);
-    if (!existsSync(cached)) {
-      await mkdir(dirname(cached), { recursive: true });
-      const tmp = `${cached}.tmp`;
-      await (await open(tmp, 'w')).close();
-      await truncate(tmp, bytes);
-      await runToEnd(spawn('mkfs.ext4', ['-q', '-F', '-E', 'root_owner=0:0', '-d', contentDir, tmp, `${Math.floor(bytes / 1024)}k`], { stdio: ['ignore', 'pipe', 'pipe'] }), 'mkfs.ext4');
-      await rename(tmp, cached);
-    }
-    await runToEnd(spawn('cp', ['--sparse=always', cached, path], { stdio: ['ignore', 'pipe', 'pipe'] }), 'cp');
-  } else {
-    const fh = await open(path, 'w');
-    await fh.truncate(bytes);
-    for (let i = 0; i < Math.min(randomMiB, bytes / MiB); i++) await fh.write(randomBytes(MiB), 0, MiB, i * MiB);
-    await fh.close();
-  }
-}
 
-export function runToEnd(child: ChildProcess, what: string): Promise<string> {
-  return new Promise((resolve, reject) => {
-    let out = '';
-    child.stdout?.on('data', (d) => (out += d));
-    child.stderr?.on('data', (d) => (out += d));
-    child.on('error', reject);
-    child.on('exit', (code) => (code === 0 ? resolve(out) : reject(new Error(`${what} failed (exit ${code}): ${out.slice(-2000)}`))));
-  });
-}
 
-/** Waits until every task queue has a poller, so a test never races a worker's start. */
-export async function waitForPollers(client: Client, queues: string[], timeoutMs = 120_000) {
-  const deadline = Date.now() + timeoutMs;
-  for (const q of queues) {
-    for (;;) {
-      const r = await client.workflowService.describeTaskQueue({ namespace: 'default', taskQueue: { name: q }, taskQueueType: q === 'ferry-control' ? 1 : 2 });
-      if ((r.pollers?.length ?? 0) > 0) break;
-      if (Date.now() > deadline) throw new Error(`no worker polls ${q} after ${timeoutMs} ms (see the worker logs)`);
-      await new Promise((r) => setTimeout(r, 500));
-    }
-  }
-}

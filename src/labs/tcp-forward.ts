@@ -1,13 +1,26 @@
 // A plain TCP forwarder: the lab's Temporal dev server listens on 127.0.0.1 (start-dev's internal
 // services advertise loopback and break on any other --ip), and workers inside the network
 // namespaces reach it through this, on the lab's control address.
-import { createServer, connect, type Server } from 'node:net';
+// The Xen lab also forwards to a guest through an SSH channel (`target` as a function).
+import { createServer, connect, type AddressInfo, type Server } from 'node:net';
+import type { Duplex } from 'node:stream';
 
-export async function forwardTcp(listen: { host: string; port: number }, target: { host: string; port: number }): Promise<{ close(): Promise<void> }> {
-  const sockets = new Set<import('node:net').Socket>();
-  const server: Server = createServer((client) => {
-    const upstream = connect(target);
-    sockets.add(client).add(upstream);
+export async function forwardTcp(
+  listen: { host: string; port: number },
+  target: { host: string; port: number } | (() => Promise<Duplex>),
+): Promise<{ port: number; close(): Promise<void> }> {
+  const sockets = new Set<Duplex>();
+  const server: Server = createServer(async (client) => {
+    sockets.add(client);
+    let upstream: Duplex;
+    try {
+      upstream = typeof target === 'function' ? await target() : connect(target);
+    } catch {
+      client.destroy();
+      sockets.delete(client);
+      return;
+    }
+    sockets.add(upstream);
     const drop = () => {
       client.destroy();
       upstream.destroy();
@@ -24,6 +37,7 @@ export async function forwardTcp(listen: { host: string; port: number }, target:
     server.listen(listen.port, listen.host, () => resolve());
   });
   return {
+    port: (server.address() as AddressInfo).port,
     close: () =>
       new Promise<void>((resolve) => {
         for (const s of sockets) s.destroy();

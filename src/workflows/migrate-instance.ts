@@ -176,7 +176,7 @@ export async function migrateInstance(input: MigrateInput): Promise<MigrationRes
   let resumedAt = 0;
   let diskIdentical: boolean | undefined;
   let destDiskPath: string | undefined;
-  let memory: { totalMs: number; downtimeMs?: number; transferredBytes: number } = { totalMs: 0, transferredBytes: 0 };
+  let memory: { totalMs: number; downtimeMs?: number; transferredBytes: number; note?: string } = { totalMs: 0, transferredBytes: 0 };
   // Xen: `xl migrate -p` hands the guest over (paused on the destination) before the final sync.
   const memoryHandsOver = spec.hypervisor === 'xen';
   let handedOver = false;
@@ -349,6 +349,7 @@ export async function migrateInstance(input: MigrateInput): Promise<MigrationRes
     }
     enter('resume');
     memory = await srcForward.switchover({ spec });
+    if (memory.note) progress.timeline.push({ phase: 'resume', at: Date.now(), detail: memory.note });
     await dstForward.resume({ migrationId, spec });
     resumedAt = Date.now();
     progress.projectedDowntimeMs = resumedAt - pausedAt;

@@ -3,7 +3,7 @@
 import { open } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { execFileSync } from 'node:child_process';
-import type { WorkflowHandle } from '@temporalio/client';
+import type { Client, WorkflowHandle } from '@temporalio/client';
 import { CONTROL_TASK_QUEUE, MIGRATE_WORKFLOW_TYPE, migrationWorkflowId, type Phase } from '../../src/shared/names.js';
 import { progressQuery, type MigrateInput, type MigrationProgress, type MigrationResult } from '../../src/shared/messages.js';
 import { SA_DESTINATION, SA_INSTANCE } from '../../src/shared/search-attributes.js';
@@ -11,7 +11,7 @@ import type { Lab } from '../../src/labs/qemu-lab.js';
 import type { InstanceSpec } from '../../src/drivers/driver.js';
 import { stat, type GuestStat } from '../../src/labs/guest-client.js';
 
-export async function startMigration(lab: Lab, input: MigrateInput): Promise<WorkflowHandle> {
+export async function startMigration(lab: { client: Client }, input: MigrateInput): Promise<WorkflowHandle> {
   return lab.client.workflow.start(MIGRATE_WORKFLOW_TYPE, {
     taskQueue: CONTROL_TASK_QUEUE,
     workflowId: migrationWorkflowId(input.instanceId),

@@ -1,26 +1,11 @@
 // Helpers for the Xen lab tests: the lab guest's spec and its request protocol, asked from dom0
 // (the guest sits on dom0's xenbr0 at 10.0.2.15, unreachable from the machine directly).
-import type { InstanceSpec } from '../../src/drivers/driver.js';
 import type { Executor } from '../../src/drivers/xen/executor.js';
 import { parseStat, type GuestStat } from '../../src/labs/guest-client.js';
-import { DOM0_GUEST_INITRD, DOM0_GUEST_KERNEL } from '../../src/labs/xen/xen-lab.js';
-import { guestAppend } from '../../src/labs/guest-image.js';
+import { XEN_STATE_DIR, recordOffset, xenGuestSpec } from '../../src/labs/xen/lab-guest.js';
 
-export const STATE_DIR = '/var/lib/ferry/xen';
-
-export function xenGuestSpec(id: string, over: Partial<InstanceSpec> = {}): InstanceSpec {
-  return {
-    id,
-    hypervisor: 'xen',
-    vcpus: 1,
-    memoryMiB: 256,
-    diskBytes: 32 * 1024 * 1024,
-    diskPath: `${STATE_DIR}/disks/${id}.raw`,
-    guestType: 'pvh',
-    boot: { kernel: DOM0_GUEST_KERNEL, initrd: DOM0_GUEST_INITRD, append: `${guestAppend({ rate: 5, recbase: 1 })} rdinit=/xen-init`.replace('console=ttyS0', 'console=hvc0') },
-    ...over,
-  };
-}
+export const STATE_DIR = XEN_STATE_DIR;
+export { xenGuestSpec, recordOffset };
 
 export async function guestStat(dom0: Executor): Promise<GuestStat> {
   const r = await dom0.run('busybox', ['nc', '-w', '3', '10.0.2.15', '7000'], { input: 'stat\n', timeoutMs: 10_000 });

@@ -75,16 +75,16 @@ describe('xen host', () => {
     const seq1 = (await guestStat(ssh)).seq;
     const round1 = await driver.takeDirtyRound(spec, 1);
     expect(seq1).toBeGreaterThan(seq0 + 1);
-    // Record n lives at 1 MiB + n*4 KiB.
+    // Record n lives at recordOffset(spec, n).
     for (let n = seq0 + 2; n <= seq1; n++) {
-      const off = 1024 * 1024 + n * 4096;
+      const off = recordOffset(spec, n);
       expect(round1.some((e) => e.offset <= off && off + 4096 <= e.offset + e.length)).toBe(true);
     }
     // Same round again: the same frozen answer (idempotent).
     expect(await driver.takeDirtyRound(spec, 1)).toEqual(round1);
     // The data the source reads is what the guest wrote.
     const src = await driver.openDisk(spec);
-    const rec = await src.read(1024 * 1024 + seq0 * 4096 + 4096, 4096);
+    const rec = await src.read(recordOffset(spec, seq0 + 1), 4096);
     await src.close();
     expect(rec.toString('latin1')).toMatch(new RegExp(`^ferry-record seq=${seq0 + 1} `));
     const later = await guestStat(ssh);

@@ -10,7 +10,7 @@ import type { Executor } from '../../src/drivers/xen/executor.js';
 import type { BlockSource } from '../../src/dataplane/types.js';
 import type { Extent } from '../../src/shared/extents.js';
 import { FerryError } from '../../src/shared/errors.js';
-import { STATE_DIR, guestStat, waitGuest, xenGuestSpec } from './xen-guest.js';
+import { STATE_DIR, guestStat, recordOffset, waitGuest, xenGuestSpec } from './xen-guest.js';
 
 let lab: XenLab;
 let a: XenDriver;
@@ -124,7 +124,7 @@ describe('xl migrate between two Xen hosts', () => {
     // Every durable record on the destination disk is intact and in order.
     const disk = await b.openDisk({ ...spec, diskPath: dest });
     for (let n = 1; n <= after.seq; n += Math.max(1, Math.floor(after.seq / 20))) {
-      const rec = (await disk.read(1024 * 1024 + n * 4096, 64)).toString('latin1');
+      const rec = (await disk.read(recordOffset(spec, n), 64)).toString('latin1');
       expect(rec).toMatch(new RegExp(`^ferry-record seq=${n} `));
     }
     await disk.close();

@@ -439,7 +439,7 @@ export class XenDriver implements HypervisorDriver {
     if (!rec) throw new FerryError(ErrorTypes.MemoryMigrationFailed, `cannot switch ${spec.id} over: xl migrate has not completed from this host`);
     // The handover already happened inside `xl migrate -p`; the guest's downtime is measured by
     // the workflow (pause to resume), xl does not report it.
-    return { totalMs: rec.totalMs, transferredBytes: spec.memoryMiB * 1024 * 1024 };
+    return { totalMs: rec.totalMs, transferredBytes: spec.memoryMiB * 1024 * 1024, ...(rec.settled ? { note: rec.settled } : {}) };
   }
 
   async cancelMigration(spec: InstanceSpec): Promise<void> {

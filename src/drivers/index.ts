@@ -14,10 +14,10 @@ export async function createDriver(cfg: FerryConfig): Promise<HypervisorDriver> 
     case 'xen': {
       // In dom0 the worker runs `xl` itself; elsewhere it reaches dom0 over SSH (docs/xen.md).
       const { createXenDriver } = await import('./xen/xen-driver.js');
-      const { LocalExecutor, SshExecutor } = await import('./xen/executor.js');
+      const { LocalExecutor, ReconnectingSshExecutor } = await import('./xen/executor.js');
       const xen = node.xen;
       const executor = xen?.ssh
-        ? await SshExecutor.connect({
+        ? new ReconnectingSshExecutor({
             host: xen.ssh.host,
             port: xen.ssh.port,
             username: xen.ssh.user,
@@ -25,6 +25,8 @@ export async function createDriver(cfg: FerryConfig): Promise<HypervisorDriver> 
             knownHostsFile: xen.ssh.knownHostsFile,
           })
         : new LocalExecutor();
+      // Fail at start on a wrong key or host key, not at the first migration.
+      await executor.run('true', []);
       return createXenDriver({
         executor,
         stateDir: xen?.stateDir ?? '/var/lib/ferry/xen',

@@ -58,7 +58,7 @@ async function startDemoLab(): Promise<DemoLab> {
       inventory: lab.inventory,
       source: 'node-a',
       destination: 'node-b',
-      uiUrl: 'http://127.0.0.1:8233',
+      uiUrl: lab.temporal.uiUrl,
       boot(id) {
         say(`[lab] booting ${id} on node-a: ${memoryMiB} MiB memory, ${diskMiB} MiB disk with an ext4 file system of /usr/share/doc`);
         return lab.bootGuest({ id, node: 'node-a', memoryMiB, diskMiB, rate: 5, contentDir: '/usr/share/doc' });
@@ -78,7 +78,7 @@ async function startDemoLab(): Promise<DemoLab> {
       inventory: lab.inventory,
       source: 'xa',
       destination: 'xb',
-      uiUrl: 'http://127.0.0.1:8243',
+      uiUrl: lab.temporal.uiUrl,
       boot(id) {
         say(`[lab] booting PVH domain ${id} on Xen host xa: ${memoryMiB} MiB memory, ${diskMiB} MiB disk with an ext4 file system of /usr/share/perl`);
         return lab.bootGuest({ id, node: 'xa', memoryMiB, diskMiB, rate: 5, contentDir: '/usr/share/perl' });

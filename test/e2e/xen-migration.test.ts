@@ -10,6 +10,7 @@ import { WorkflowFailedError } from '@temporalio/client';
 import { startXenMigrationLab, type XenMigrationLab } from '../../src/labs/xen/xen-migration-lab.js';
 import { LINK_CUTTER_PATH, installLinkCutter } from '../../src/labs/xen/link-cutter.js';
 import { XEN_STATE_DIR, recordOffset } from '../../src/labs/xen/lab-guest.js';
+import { DOM0_GUEST_KERNEL } from '../../src/labs/xen/xen-lab.js';
 import { startProber, stat, quiesce, type GuestStat } from '../../src/labs/guest-client.js';
 import { createXenDriver } from '../../src/drivers/xen/xen-driver.js';
 import type { Executor } from '../../src/drivers/xen/executor.js';
@@ -90,11 +91,21 @@ describe('Xen end to end (two real Xen hosts, workflow, data plane, inventory)',
     const before = { a: usage('xa'), b: usage('xb') };
     const h = await startMigration(lab, { instanceId: 'x1', destination: 'xb', options: { holdAfter: ['dirty-rounds'] } });
     await waitFor(h, (p) => p.heldAfter === 'dirty-rounds', 600_000);
-    // The destination dom0 loses the block device the incoming domain needs: xl migrate-receive
-    // fails there, and xl resumes the guest at the sender.
-    expect((await lab.host('xb').ssh.run('dmsetup', ['remove', 'ferry-x1'])).code).toBe(0);
-    await h.signal(proceedSignal, 'dirty-rounds');
-    const err = await result(h).catch((e: unknown) => e);
+    // Between the checks and the memory phase, something else takes the destination's memory: its
+    // `xl migrate-receive` cannot build the domain, and xl resumes the guest at the sender.
+    const xb = lab.host('xb').ssh;
+    const freeMiB = Number(/^free_memory\s*:\s*(\d+)/m.exec((await xb.run('xl', ['info'])).stdout)?.[1]);
+    expect(freeMiB).toBeGreaterThan(128);
+    await xb.writeFile('/tmp/hog.cfg', `name = "hog"\ntype = "pvh"\nmemory = ${freeMiB - 48}\nkernel = "${DOM0_GUEST_KERNEL}"\n`);
+    const hog = await xb.run('xl', ['create', '-p', '/tmp/hog.cfg']);
+    expect(hog.code, hog.stderr).toBe(0);
+    let err: unknown;
+    try {
+      await h.signal(proceedSignal, 'dirty-rounds');
+      err = await result(h).catch((e: unknown) => e);
+    } finally {
+      await xb.run('xl', ['destroy', 'hog']);
+    }
     expect(err).toBeInstanceOf(WorkflowFailedError);
     expect(String((err as WorkflowFailedError).cause?.cause?.message ?? '')).toMatch(/resumed here/);
     await expectOnlyOn(x1, 'xa', 'xb');

@@ -157,11 +157,15 @@ export class SshExecutor implements Executor {
   readonly where: string;
   private sftpP: Promise<SFTPWrapper> | null = null;
 
+  /** True once the connection is gone (the host rebooted, the network dropped, close()). */
+  closed = false;
+
   private constructor(
     private readonly conn: Client,
     target: SshTarget,
   ) {
     this.where = `${target.username}@${target.host}:${target.port}`;
+    conn.on('close', () => (this.closed = true));
   }
 
   static async connect(target: SshTarget, opts: { readyTimeoutMs?: number } = {}): Promise<SshExecutor> {
@@ -352,5 +356,44 @@ export class SshExecutor implements Executor {
 
   async close(): Promise<void> {
     this.conn.end();
+  }
+}
+
+/**
+ * An SshExecutor that reconnects when its connection dropped, so a node worker survives a dom0
+ * reboot or a network blip (calls in flight fail; Temporal retries the activity). Host keys are
+ * checked again on every connect.
+ */
+export class ReconnectingSshExecutor implements Executor {
+  readonly where: string;
+  private current: Promise<SshExecutor> | null = null;
+
+  constructor(private readonly target: SshTarget) {
+    this.where = `${target.username}@${target.host}:${target.port}`;
+  }
+
+  private async session(): Promise<SshExecutor> {
+    const ex = await this.current?.catch(() => null);
+    if (ex && !ex.closed) return ex;
+    this.current = SshExecutor.connect(this.target);
+    return this.current;
+  }
+
+  async run(cmd: string, args: string[], opts?: RunOptions): Promise<RunResult> {
+    return (await this.session()).run(cmd, args, opts);
+  }
+  async openFile(path: string, mode: 'r' | 'r+'): Promise<HostFile> {
+    return (await this.session()).openFile(path, mode);
+  }
+  async writeFile(path: string, data: string | Buffer): Promise<void> {
+    return (await this.session()).writeFile(path, data);
+  }
+  async readFile(path: string): Promise<Buffer> {
+    return (await this.session()).readFile(path);
+  }
+  async close(): Promise<void> {
+    const ex = await this.current?.catch(() => null);
+    this.current = null;
+    await ex?.close();
   }
 }

@@ -16,7 +16,7 @@ import { ID_PATTERN } from '../../shared/names.js';
 import { FerryError, ErrorTypes } from '../../shared/errors.js';
 import { runOk, shellQuote, type Executor } from './executor.js';
 import type { DiskTarget } from '../../dataplane/types.js';
-import { dmExists, dmPath, ensureEraDevice, removeEraDevice, checkpoint, writtenSince } from './era-tracking.js';
+import { dmExists, dmName, dmPath, ensureEraDevice, removeEraDevice, checkpoint, writtenSince } from './era-tracking.js';
 
 export interface XenDriverOptions {
   /** Runs commands on this Xen host's dom0. */
@@ -379,6 +379,12 @@ export class XenDriver implements HypervisorDriver {
       throw new FerryError(ErrorTypes.InstanceNotRunning, `${spec.id} is not on this host, and ${peer} shows ${describe(there)}: nothing to migrate`);
     }
     if (st !== 'running' && st !== 'paused') throw new FerryError(ErrorTypes.InstanceNotRunning, `${spec.id} is ${st} here: nothing to migrate`);
+    // xl would hand the guest over even if the destination's block device vanished since
+    // prepareDestination (measured: the domain arrives without a working disk). Check first.
+    const dev = await this.ex.run('ssh', ['-o', 'BatchMode=yes', '-o', 'ConnectTimeout=10', '--', peer, 'dmsetup', 'info', dmName(spec.id)]);
+    if (dev.code !== 0) {
+      throw new FerryError(ErrorTypes.MigrationRefused, `${peer} has no ${dmPath(spec.id)} for ${spec.id} (prepareDestination made one; something removed it): not starting xl migrate. ${dev.stderr.trim()}`);
+    }
     opts.onProgress?.({ status: 'xl-migrate', transferredBytes: 0, remainingBytes: spec.memoryMiB * 1024 * 1024, totalBytes: spec.memoryMiB * 1024 * 1024 });
     const t0 = Date.now();
     // -p: the destination stays paused, so the final disk sync can happen before it runs.

@@ -15,7 +15,6 @@ export const LINK_CUTTER_SCRIPT = String.raw`#!/usr/bin/perl
 use strict;
 use warnings;
 use IPC::Open2;
-use IO::Select;
 use POSIX ();
 
 my $READY = 'domain received, ready to unpause';            # receiver -> sender
@@ -45,31 +44,42 @@ sub seen {
   return index($s, $pat) >= 0;
 }
 
-my $sel = IO::Select->new(\*STDIN, $from_child);
-my ($up_tail, $down_tail, $armed) = ('', '', 0);
-while ($sel->count) {
-  for my $fh ($sel->can_read) {
-    my $n = sysread($fh, my $buf, 65536);
+# Each direction in its own process, so blocking writes cannot deadlock the relay.
+my ($parent, $armed) = ($$, 0);
+$SIG{USR1} = sub { $armed = 1 };  # the receiver is ready: only now can the GO message come
+my $down = fork() // die "fork: $!\n";
+if (!$down) {  # child's stdout -> our stdout
+  close STDIN; close $to_child;
+  my $tail = '';
+  while (1) {
+    my $n = sysread($from_child, my $buf, 65536);
     next if !defined $n && $!{EINTR};
-    my $eof = !$n;
-    if (fileno($fh) == fileno(STDIN)) {
-      if ($eof) { $sel->remove($fh); close $to_child; next }
-      put($to_child, $buf);
-      # Armed only once the receiver said it is ready, so guest memory cannot trigger the cut.
-      if ($armed && seen(\$up_tail, $buf, $GO)) {
-        print STDERR "ferry-link-cutter: forwarded the GO message; cutting the link in 3 s\n";
-        sleep 3;
-        kill 'KILL', $pid;
-        waitpid $pid, 0;
-        POSIX::_exit(1);
-      }
-    } else {
-      if ($eof) { $sel->remove($fh); close STDOUT; next }
-      $armed ||= seen(\$down_tail, $buf, $READY);
-      put(\*STDOUT, $buf);
-    }
+    last if !$n;
+    kill 'USR1', $parent if seen(\$tail, $buf, $READY);
+    put(\*STDOUT, $buf) or last;
   }
+  POSIX::_exit(0);
 }
+close STDOUT; close $from_child;
+
+my $tail = '';
+while (1) {  # our stdin -> child's stdin
+  my $n = sysread(STDIN, my $buf, 65536);
+  next if !defined $n && $!{EINTR};
+  last if !$n;
+  if ($armed && seen(\$tail, $buf, $GO)) {
+    kill 'STOP', $down;  # nothing more goes back to xl, yet its end of the link stays open
+    put($to_child, $buf);
+    print STDERR "ferry-link-cutter: forwarded the GO message; cutting the link in 3 s\n";
+    sleep 3;
+    kill 'KILL', $pid, $down;
+    waitpid $_, 0 for $down, $pid;
+    exit 1;
+  }
+  put($to_child, $buf) or last;
+}
+close $to_child;
+waitpid $down, 0;
 waitpid $pid, 0;
 exit($? & 127 ? 1 : $? >> 8);
 `;

@@ -233,6 +233,7 @@ export function createNodeActivities(deps: NodeActivityDeps) {
 
     async digestDisk({ spec, side }: { spec: InstanceSpec; side: 'source' | 'destination' }): Promise<string> {
       return guarded('digestDisk', async () => {
+        if (driver.digestDisk) return withHeartbeat(() => driver.digestDisk!(spec, side));
         const source = side === 'source' ? await driver.openDisk(spec) : await openDestinationDisk(driver, spec);
         try {
           return await withHeartbeat(() => sha256OfSource(source));

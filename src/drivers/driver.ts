@@ -70,6 +70,11 @@ export interface HypervisorDriver {
   startDirtyTracking(spec: InstanceSpec): Promise<void>;
   /** Freezes round `round` and starts `round + 1`; idempotent for the same `round`. */
   takeDirtyRound(spec: InstanceSpec, round: number): Promise<Extent[]>;
+  /**
+   * SHA-256 (hex) of the source or destination disk computed on its host, when the driver can do
+   * that faster than reading it through openDisk (Xen over SSH). Optional.
+   */
+  digestDisk?(spec: InstanceSpec, side: 'source' | 'destination'): Promise<string>;
   /** Opens the live disk for reading. */
   openDisk(spec: InstanceSpec): Promise<BlockSource>;
   stopDirtyTracking(spec: InstanceSpec): Promise<void>;

@@ -348,6 +348,16 @@ export class XenDriver implements HypervisorDriver {
     };
   }
 
+  /** sha256sum on the host: reading the disk through SFTP would cost far more than hashing it there. */
+  async digestDisk(spec: InstanceSpec, side: 'source' | 'destination'): Promise<string> {
+    this.checkSpec(spec);
+    const path = side === 'source' ? spec.diskPath : this.destinationDiskPath(spec);
+    const out = await runOk(this.ex, 'sha256sum', ['--', path], { timeoutMs: 30 * 60_000 });
+    const hex = /^([0-9a-f]{64})\s/.exec(out)?.[1];
+    if (!hex) throw new FerryError(ErrorTypes.DriverError, `unexpected sha256sum output on ${this.ex.where}: ${out.trim()}`);
+    return hex;
+  }
+
   async stopDirtyTracking(spec: InstanceSpec): Promise<void> {
     await runOk(this.ex, 'rm', ['-rf', '--', this.trackingFile(spec), `${this.dir(spec)}/rounds`]);
   }

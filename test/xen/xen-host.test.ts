@@ -6,7 +6,7 @@ import { startXenLab, type XenLab } from '../../src/labs/xen/xen-lab.js';
 import { createXenDriver, type XenDriver } from '../../src/drivers/xen/xen-driver.js';
 import { dmPath } from '../../src/drivers/xen/era-tracking.js';
 import { FerryError } from '../../src/shared/errors.js';
-import { STATE_DIR, guestStat, waitGuest, xenGuestSpec } from './xen-guest.js';
+import { STATE_DIR, guestStat, recordOffset, waitGuest, xenGuestSpec } from './xen-guest.js';
 
 let lab: XenLab;
 let driver: XenDriver;

@@ -12,22 +12,27 @@ export async function forwardTcp(
   const sockets = new Set<Duplex>();
   const server: Server = createServer(async (client) => {
     sockets.add(client);
-    let upstream: Duplex;
+    let upstream: Duplex | undefined;
+    const drop = () => {
+      client.destroy();
+      upstream?.destroy();
+      sockets.delete(client);
+      if (upstream) sockets.delete(upstream);
+    };
+    // Listening before the (possibly slow) upstream opens: a client reset meanwhile must not be
+    // an unhandled 'error'.
+    client.on('error', drop).on('close', drop);
     try {
       upstream = typeof target === 'function' ? await target() : connect(target);
     } catch {
-      client.destroy();
-      sockets.delete(client);
+      drop();
+      return;
+    }
+    if (client.destroyed) {
+      upstream.destroy();
       return;
     }
     sockets.add(upstream);
-    const drop = () => {
-      client.destroy();
-      upstream.destroy();
-      sockets.delete(client);
-      sockets.delete(upstream);
-    };
-    client.on('error', drop).on('close', drop);
     upstream.on('error', drop).on('close', drop);
     client.pipe(upstream);
     upstream.pipe(client);

@@ -7,7 +7,12 @@ import type { BlockSource, DiskTarget } from './types.js';
 export async function openLocalDiskTarget(path: string): Promise<DiskTarget> {
   // 'a+' creates without truncating; positioned writes need 'r+', so reopen.
   await (await open(path, 'a+')).close();
-  const fh = await open(path, 'r+');
+  return openLocalFile(path, 'r+');
+}
+
+/** An existing local file, read (and with `r+` written) at positions; reads stop short at its end. */
+export async function openLocalFile(path: string, mode: 'r' | 'r+'): Promise<DiskTarget> {
+  const fh = await open(path, mode);
   return {
     size: async () => (await fh.stat()).size,
     truncate: (size) => fh.truncate(size),

@@ -1,6 +1,7 @@
 // What both labs (QEMU and Xen) need: how to run Ferry's own scripts, a child process to its end,
 // waiting for workers, and lab disks with real content.
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
+import { createWriteStream } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, open, rename, truncate } from 'node:fs/promises';
@@ -70,4 +71,38 @@ export async function waitForPollers(client: Client, queues: string[], timeoutMs
       await new Promise((r) => setTimeout(r, 500));
     }
   }
+}
+
+type Launch = (cmd: string, args: string[], opts: SpawnOptions) => ChildProcess;
+
+/**
+ * The lab's `ferry worker` processes, each logging to `<logDir>/worker-<key>.log`. `launch` starts
+ * one (a plain spawn, or inside a network namespace).
+ */
+export function labWorkers(logDir: string) {
+  const workers = new Map<string, ChildProcess>();
+  const stop = async (key: string, signal: NodeJS.Signals = 'SIGTERM') => {
+    const child = workers.get(key);
+    if (!child || child.exitCode !== null) return;
+    workers.delete(key);
+    const exited = new Promise((r) => child.once('exit', r));
+    child.kill(signal);
+    await Promise.race([exited, new Promise((r) => setTimeout(r, 15_000))]);
+    if (child.exitCode === null) child.kill('SIGKILL');
+  };
+  return {
+    start(key: string, args: string[], env: NodeJS.ProcessEnv, launch: Launch = spawn): ChildProcess {
+      const [cmd, ...rest] = ferryCommand();
+      const logFile = createWriteStream(join(logDir, `worker-${key}.log`), { flags: 'a' });
+      const child = launch(cmd!, [...rest, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+      child.stdout?.pipe(logFile);
+      child.stderr?.pipe(logFile);
+      workers.set(key, child);
+      return child;
+    },
+    stop,
+    async stopAll() {
+      for (const key of [...workers.keys()]) await stop(key);
+    },
+  };
 }

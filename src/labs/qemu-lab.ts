@@ -2,8 +2,7 @@
 // link, a Temporal dev server, an inventory, the controller worker and a node worker inside each
 // namespace, and guests booted on the hosts. Used by the demo, the end-to-end tests and the
 // benchmarks, so all three exercise the same deployment.
-import { spawn, type ChildProcess } from 'node:child_process';
-import { createWriteStream } from 'node:fs';
+import { spawn } from 'node:child_process';
 import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
@@ -19,13 +18,11 @@ import { loadConfig } from '../config/index.js';
 import { connectClient } from '../workers/connection.js';
 import type { InstanceSpec } from '../drivers/driver.js';
 import { migrationWorkflowId } from '../shared/names.js';
-import { ferryCommand, makeDisk, nodeScript, repoRoot, runToEnd, waitForPollers } from './lab-common.js';
+import { labWorkers, makeDisk, nodeScript, repoRoot, runToEnd, waitForPollers } from './lab-common.js';
 
 export { runToEnd, waitForPollers };
 
 const MiB = 1024 * 1024;
-
-
 
 export interface LabOptions {
   dir?: string;
@@ -103,31 +100,8 @@ export async function startQemuLab(opts: LabOptions = {}) {
   cfg.temporal.address = temporal.address;
   const client: Client = await connectClient(cfg);
 
-  const workers = new Map<string, ChildProcess>();
   const nodeStateDir = (node: string) => join(dir, 'nodes', node);
-
-  function startWorker(key: string, args: string[], ns?: string, env: Record<string, string> = {}) {
-    const [cmd, ...rest] = ferryCommand();
-    const logFile = createWriteStream(join(dir, 'logs', `worker-${key}.log`), { flags: 'a' });
-    const fullEnv = { ...process.env, FERRY_CONFIG: configPath, ...env };
-    const child = ns
-      ? runInNamespace(ns, cmd!, [...rest, ...args], { env: fullEnv, stdio: ['ignore', 'pipe', 'pipe'] })
-      : spawn(cmd!, [...rest, ...args], { env: fullEnv, stdio: ['ignore', 'pipe', 'pipe'] });
-    child.stdout?.pipe(logFile);
-    child.stderr?.pipe(logFile);
-    workers.set(key, child);
-    return child;
-  }
-
-  async function stopWorker(key: string, signal: NodeJS.Signals = 'SIGTERM') {
-    const child = workers.get(key);
-    if (!child || child.exitCode !== null) return;
-    workers.delete(key);
-    const exited = new Promise((r) => child.once('exit', r));
-    child.kill(signal);
-    await Promise.race([exited, new Promise((r) => setTimeout(r, 15_000))]);
-    if (child.exitCode === null) child.kill('SIGKILL');
-  }
+  const workers = labWorkers(join(dir, 'logs'));
 
   const lab = {
     dir,
@@ -140,16 +114,17 @@ export async function startQemuLab(opts: LabOptions = {}) {
     nodeStateDir,
 
     startController() {
-      return startWorker('controller', ['worker', '--controller']);
+      return workers.start('controller', ['worker', '--controller'], { FERRY_CONFIG: configPath });
     },
     startNodeWorker(name: string) {
       const n = labNodes.find((x) => x.name === name);
       if (!n) throw new Error(`no lab node ${name}`);
-      return startWorker(name, ['worker', '--node', name], n.netns, {
-        FERRY_NODE: name,
-        FERRY_DATA_ADDRESS: n.dataAddress,
-        FERRY_STATE_DIR: nodeStateDir(name),
-      });
+      return workers.start(
+        name,
+        ['worker', '--node', name],
+        { FERRY_CONFIG: configPath, FERRY_NODE: name, FERRY_DATA_ADDRESS: n.dataAddress, FERRY_STATE_DIR: nodeStateDir(name) },
+        (cmd, args, o) => runInNamespace(n.netns, cmd, args, o),
+      );
     },
     async startWorkers() {
       lab.startController();
@@ -158,9 +133,9 @@ export async function startQemuLab(opts: LabOptions = {}) {
     },
     /** Kills a worker the hard way (SIGKILL), as a crash would. */
     killWorker(name: string) {
-      return stopWorker(name, 'SIGKILL');
+      return workers.stop(name, 'SIGKILL');
     },
-    stopWorker,
+    stopWorker: workers.stop,
 
     /** Creates a disk, boots the guest on its node and registers it in the inventory. */
     async bootGuest(g: GuestOptions): Promise<InstanceSpec> {
@@ -214,7 +189,7 @@ export async function startQemuLab(opts: LabOptions = {}) {
 
     /** Stops the workers and Temporal; with `killGuests`, also every QEMU of this lab. */
     async close(o: { killGuests?: boolean } = {}) {
-      for (const key of [...workers.keys()]) await stopWorker(key);
+      await workers.stopAll();
       // QEMUs run detached (they outlive workers by design); their command lines name the lab dir.
       if (o.killGuests !== false) await runToEnd(spawn('pkill', ['-KILL', '-f', `qemu-system-x86_64.*${dir}/`], { stdio: 'ignore' }), 'pkill').catch(() => undefined);
       await client.connection.close().catch(() => undefined);
@@ -225,6 +200,4 @@ export async function startQemuLab(opts: LabOptions = {}) {
   };
   return lab;
 }
-
-
 

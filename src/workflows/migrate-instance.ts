@@ -185,7 +185,7 @@ export async function migrateInstance(input: MigrateInput): Promise<MigrationRes
   // One stream, resent through a freshly (re)opened receiver if the destination worker died.
   // Rolling forward (`forward`), it never gives up: the guest is already on the destination.
   const stream = async (streamId: string, round: number | undefined, forward = false) => {
-    const via = forward ? nodeActivities(source.name).forward : src.long;
+    const via = forward ? src.forward : src.long;
     for (let attempt = 1; ; attempt++) {
       try {
         const r = await via.sendDisk({ migrationId, spec, endpoint: dest.endpoint, streamId, round, options });
@@ -194,7 +194,7 @@ export async function migrateInstance(input: MigrateInput): Promise<MigrationRes
       } catch (err) {
         if (isCancellation(err) || (!forward && (attempt >= 3 || !isRetryable(err)))) throw err;
         log.warn('stream failed; reopening the receiver', { streamId, attempt, error: String(err) });
-        dest = await (forward ? nodeActivities(destination.name).forward : dst.quick).prepareDestination({ migrationId, spec, tls: options.tls });
+        dest = await (forward ? dst.forward : dst.quick).prepareDestination({ migrationId, spec, tls: options.tls });
       }
     }
   };
@@ -205,7 +205,7 @@ export async function migrateInstance(input: MigrateInput): Promise<MigrationRes
     await stream('final', rounds, forward);
     if (!options.verifyDisk) return;
     const digests = async () => {
-      const [s, d] = forward ? [nodeActivities(source.name).forward, nodeActivities(destination.name).forward] : [src.long, dst.long];
+      const [s, d] = forward ? [src.forward, dst.forward] : [src.long, dst.long];
       return Promise.all([s.digestDisk({ spec, side: 'source' }), d.digestDisk({ spec, side: 'destination' })]);
     };
     let [a, b] = await digests();
@@ -340,8 +340,8 @@ export async function migrateInstance(input: MigrateInput): Promise<MigrationRes
   // only rolls forward: cancel requests are refused, Temporal cancellation is shielded, and
   // failed steps are retried until they succeed.
   progress.pastPointOfNoReturn = true;
-  const srcForward = nodeActivities(source.name).forward;
-  const dstForward = nodeActivities(destination.name).forward;
+  const srcForward = src.forward;
+  const dstForward = dst.forward;
   await CancellationScope.nonCancellable(async () => {
     if (handedOver) {
       enter('final-sync', 'the guest waits paused on the destination');

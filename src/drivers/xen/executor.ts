@@ -1,12 +1,12 @@
 // Where the Xen driver's commands and file I/O run: on this machine (a worker inside dom0) or on a
 // Xen host over SSH (a worker elsewhere). Both take argument arrays, never a shell string.
 import { execFile } from 'node:child_process';
-import { open as openLocal } from 'node:fs/promises';
 import { readFile } from 'node:fs/promises';
 import type { Duplex } from 'node:stream';
 import { Client, type ConnectConfig, type SFTPWrapper } from 'ssh2';
 import { FerryError, ErrorTypes } from '../../shared/errors.js';
 import type { DiskTarget } from '../../dataplane/types.js';
+import { openLocalFile } from '../../dataplane/disk-target.js';
 
 export interface RunResult {
   stdout: string;
@@ -26,11 +26,7 @@ export interface RunOptions {
  * A file on the executor's host, read and written at positions. It is a DiskTarget, so the data
  * plane's receiver can write a Xen host's disk through it.
  */
-export interface HostFile extends DiskTarget {
-  read(offset: number, length: number): Promise<Buffer>;
-  write(offset: number, data: Buffer): Promise<void>;
-  close(): Promise<void>;
-}
+export type HostFile = DiskTarget;
 
 export interface Executor {
   /** For messages: `local` or `user@host:port`. */
@@ -78,31 +74,8 @@ export class LocalExecutor implements Executor {
     });
   }
 
-  async openFile(path: string, mode: 'r' | 'r+'): Promise<HostFile> {
-    const fh = await openLocal(path, mode);
-    return {
-      async read(offset, length) {
-        const buf = Buffer.alloc(length);
-        let done = 0;
-        while (done < length) {
-          const { bytesRead } = await fh.read(buf, done, length - done, offset + done);
-          if (bytesRead === 0) break;
-          done += bytesRead;
-        }
-        return buf.subarray(0, done);
-      },
-      async write(offset, data) {
-        let done = 0;
-        while (done < data.length) {
-          const { bytesWritten } = await fh.write(data, done, data.length - done, offset + done);
-          done += bytesWritten;
-        }
-      },
-      size: async () => (await fh.stat()).size,
-      truncate: (size) => fh.truncate(size),
-      datasync: () => fh.datasync(),
-      close: () => fh.close(),
-    };
+  openFile(path: string, mode: 'r' | 'r+'): Promise<HostFile> {
+    return openLocalFile(path, mode);
   }
 
   async writeFile(path: string, data: string | Buffer): Promise<void> {

@@ -391,7 +391,7 @@ export class XenDriver implements HypervisorDriver {
     if (st !== 'running' && st !== 'paused') throw new FerryError(ErrorTypes.InstanceNotRunning, `${spec.id} is ${st} here: nothing to migrate`);
     // xl would hand the guest over even if the destination's block device vanished since
     // prepareDestination (measured: the domain arrives without a working disk). Check first.
-    const dev = await this.ex.run('ssh', ['-o', 'BatchMode=yes', '-o', 'ConnectTimeout=10', '--', peer, 'dmsetup', 'info', dmName(spec.id)]);
+    const dev = await this.onPeer(peer, ['dmsetup', 'info', dmName(spec.id)]);
     if (dev.code !== 0) {
       throw new FerryError(ErrorTypes.MigrationRefused, `${peer} has no ${dmPath(spec.id)} for ${spec.id} (prepareDestination made one; something removed it): not starting xl migrate. ${dev.stderr.trim()}`);
     }
@@ -443,9 +443,14 @@ export class XenDriver implements HypervisorDriver {
     );
   }
 
-  /** `xl list` on the peer, through the same root ssh trust `xl migrate` uses. */
+  /** Runs a command on the peer dom0, through the same root ssh trust `xl migrate` uses. */
+  private onPeer(peer: string, cmd: string[]) {
+    return this.ex.run('ssh', ['-o', 'BatchMode=yes', '-o', 'ConnectTimeout=10', '--', peer, ...cmd]);
+  }
+
+  /** `xl list` on the peer. */
   private async peerList(peer: string): Promise<XlDomain[] | string> {
-    const r = await this.ex.run('ssh', ['-o', 'BatchMode=yes', '-o', 'ConnectTimeout=10', '--', peer, 'xl', 'list']);
+    const r = await this.onPeer(peer, ['xl', 'list']);
     if (r.code !== 0) return `unknown (ssh ${peer} xl list failed: ${r.stderr.trim()})`;
     return parseXlList(r.stdout);
   }

@@ -15,8 +15,7 @@ const MiB = 1024 * 1024;
 export function xenGuestSpec(id: string, over: Partial<InstanceSpec> & { rate?: number } = {}): InstanceSpec {
   const { rate, ...rest } = over;
   const diskBytes = rest.diskBytes ?? 32 * MiB;
-  // Records go in the last quarter of the disk, clear of a file system at its start.
-  const recbase = Math.max(1, Math.floor((diskBytes / MiB) * 0.75));
+  const recbase = recbaseMiB(diskBytes);
   return {
     id,
     hypervisor: 'xen',
@@ -34,7 +33,12 @@ export function xenGuestSpec(id: string, over: Partial<InstanceSpec> & { rate?: 
   };
 }
 
+/** Records go in the last quarter of the disk, clear of a file system at its start. */
+function recbaseMiB(diskBytes: number): number {
+  return Math.max(1, Math.floor((diskBytes / MiB) * 0.75));
+}
+
 /** Where the guest's record `n` sits on its disk (see guest/init). */
 export function recordOffset(spec: InstanceSpec, n: number): number {
-  return Math.max(1, Math.floor((spec.diskBytes / MiB) * 0.75)) * MiB + n * 4096;
+  return recbaseMiB(spec.diskBytes) * MiB + n * 4096;
 }

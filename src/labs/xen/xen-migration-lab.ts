@@ -4,15 +4,13 @@
 // their dom0 over SSH (host keys pinned); the disk stream goes source dom0 -> SFTP -> source
 // worker -> TLS on loopback -> destination worker -> SFTP -> destination dom0, and `xl migrate`
 // goes over the dom0s' own link. Used by `npm run demo -- --hypervisor xen` and the Xen e2e test.
-import { spawn, type ChildProcess } from 'node:child_process';
-import { createWriteStream } from 'node:fs';
 import { mkdir, open, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
 import type { Client } from '@temporalio/client';
 import { startDevServer } from '../temporal-dev.js';
 import { forwardTcp } from '../tcp-forward.js';
-import { ferryCommand, makeDisk, repoRoot, waitForPollers } from '../lab-common.js';
+import { labWorkers, makeDisk, repoRoot, waitForPollers } from '../lab-common.js';
 import { openInventory, type Inventory } from '../../inventory/index.js';
 import { loadConfig } from '../../config/index.js';
 import { connectClient } from '../../workers/connection.js';
@@ -111,29 +109,9 @@ export async function startXenMigrationLab(opts: XenMigrationLabOptions = {}) {
   }
 
   const client: Client = await connectClient(loadConfig({ file: configPath, env: {} }));
-  const workers = new Map<string, ChildProcess>();
+  const workers = labWorkers(join(dir, 'logs'));
   const forwards: Array<{ close(): Promise<void> }> = [];
   const services: Array<{ node: string; host: string; port: number }> = [];
-
-  function startWorker(key: string, args: string[], config: string) {
-    const [cmd, ...rest] = ferryCommand();
-    const logFile = createWriteStream(join(dir, 'logs', `worker-${key}.log`), { flags: 'a' });
-    const child = spawn(cmd!, [...rest, ...args], { env: { ...process.env, FERRY_CONFIG: config }, stdio: ['ignore', 'pipe', 'pipe'] });
-    child.stdout?.pipe(logFile);
-    child.stderr?.pipe(logFile);
-    workers.set(key, child);
-    return child;
-  }
-
-  async function stopWorker(key: string, signal: NodeJS.Signals = 'SIGTERM') {
-    const child = workers.get(key);
-    if (!child || child.exitCode !== null) return;
-    workers.delete(key);
-    const exited = new Promise((r) => child.once('exit', r));
-    child.kill(signal);
-    await Promise.race([exited, new Promise((r) => setTimeout(r, 15_000))]);
-    if (child.exitCode === null) child.kill('SIGKILL');
-  }
 
   const host = (name: string) => {
     const h = hosts.get(name);
@@ -153,15 +131,15 @@ export async function startXenMigrationLab(opts: XenMigrationLabOptions = {}) {
     driver: (name: string) => drivers.get(name)!,
 
     async startNodeWorker(name: string, over?: XenNodeOverrides) {
-      startWorker(name, ['worker', '--node', name], await writeNodeConfig(host(name), over));
+      workers.start(name, ['worker', '--node', name], { FERRY_CONFIG: await writeNodeConfig(host(name), over) });
       await waitForPollers(client, [`ferry-node-${name}`]);
     },
     async startWorkers() {
-      startWorker('controller', ['worker', '--controller'], configPath);
-      for (const h of xen.hosts) startWorker(h.name, ['worker', '--node', h.name], await writeNodeConfig(h));
+      workers.start('controller', ['worker', '--controller'], { FERRY_CONFIG: configPath });
+      for (const h of xen.hosts) workers.start(h.name, ['worker', '--node', h.name], { FERRY_CONFIG: await writeNodeConfig(h) });
       await waitForPollers(client, ['ferry-control', ...xen.hosts.map((h) => `ferry-node-${h.name}`)]);
     },
-    stopWorker,
+    stopWorker: workers.stop,
 
     /** Writes the guest's disk on its dom0, starts the domain there and registers it. */
     async bootGuest(g: XenGuestOptions): Promise<InstanceSpec> {
@@ -215,7 +193,7 @@ export async function startXenMigrationLab(opts: XenMigrationLabOptions = {}) {
     },
 
     async close() {
-      for (const key of [...workers.keys()]) await stopWorker(key);
+      await workers.stopAll();
       for (const f of forwards) await f.close().catch(() => undefined);
       await client.connection.close().catch(() => undefined);
       inventory.close();

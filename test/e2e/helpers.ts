@@ -94,3 +94,26 @@ export function qemuProcessesOf(instanceId: string): number {
 }
 
 export { existsSync };
+
+/**
+ * Runs a long setup as named steps, logging each with its elapsed time, and fails with the name of
+ * the step it is stuck in once `limitMs` passes: a setup that hangs in CI then says where, instead
+ * of a bare hook timeout.
+ */
+export async function timedSetup<T>(what: string, limitMs: number, fn: (step: (name: string) => void) => Promise<T>): Promise<T> {
+  const t0 = Date.now();
+  let current = 'start';
+  const step = (name: string) => {
+    current = name;
+    console.log(`[${what} ${((Date.now() - t0) / 1000).toFixed(1)} s] ${name}`);
+  };
+  let timer: NodeJS.Timeout | undefined;
+  const stuck = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what}: still at "${current}" after ${limitMs / 1000} s`)), limitMs);
+  });
+  try {
+    return await Promise.race([fn(step), stuck]);
+  } finally {
+    clearTimeout(timer);
+  }
+}

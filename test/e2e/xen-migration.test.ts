@@ -18,7 +18,7 @@ import type { InstanceSpec } from '../../src/drivers/driver.js';
 import { createNodeActivities } from '../../src/activities/node.js';
 import { createLogger } from '../../src/config/index.js';
 import { taskQueueForNode } from '../../src/shared/names.js';
-import { result, startMigration, waitFor } from './helpers.js';
+import { result, startMigration, timedSetup, waitFor } from './helpers.js';
 import { proceedSignal } from '../../src/shared/messages.js';
 
 const MiB = 1024 * 1024;
@@ -71,13 +71,20 @@ async function expectOnlyOn(spec: InstanceSpec, node: string, other: string) {
 }
 
 beforeAll(async () => {
-  const t0 = Date.now();
-  lab = await startXenMigrationLab({ dir: '/var/tmp/ferry-xen-e2e', log: (l) => console.log(l) });
-  await lab.startWorkers();
-  timings.labMs = Date.now() - t0;
-  x1 = await lab.bootGuest({ id: 'x1', node: 'xa', memoryMiB: 128, diskMiB: 32, contentDir: '/usr/share/zoneinfo' });
-  await waitAnswer('xa');
-  timings.guestBootMs = Date.now() - t0 - timings.labMs;
+  await timedSetup('xen e2e setup', 1_500_000, async (step) => {
+    const t0 = Date.now();
+    step('Temporal, inventory and two Xen hosts');
+    lab = await startXenMigrationLab({ dir: '/var/tmp/ferry-xen-e2e', log: (l) => console.log(l) });
+    step('controller and node workers');
+    await lab.startWorkers();
+    timings.labMs = Date.now() - t0;
+    step('guest x1 on xa');
+    x1 = await lab.bootGuest({ id: 'x1', node: 'xa', memoryMiB: 128, diskMiB: 32, contentDir: '/usr/share/zoneinfo' });
+    step('guest x1 answering');
+    await waitAnswer('xa');
+    timings.guestBootMs = Date.now() - t0 - timings.labMs;
+    step('ready');
+  });
 }, 1_800_000);
 
 afterAll(async () => {

@@ -18,9 +18,16 @@ export interface RunResult {
 export interface RunOptions {
   /** Written to the command's stdin, then stdin is closed. */
   input?: string | Buffer;
-  /** Kill the command after this long (the result then has code -1). */
+  /** Kill the command after this long (the result then has code -1). Default: DEFAULT_RUN_TIMEOUT_MS. */
   timeoutMs?: number;
 }
+
+/**
+ * Every command gets a deadline, so a wedged `xl` or a host that stopped answering surfaces as an
+ * error instead of an activity (or a lab) that waits forever. Long steps (`xl migrate`,
+ * `sha256sum` of a disk) pass their own.
+ */
+export const DEFAULT_RUN_TIMEOUT_MS = 10 * 60_000;
 
 /**
  * A file on the executor's host, read and written at positions. It is a DiskTarget, so the data
@@ -63,7 +70,7 @@ export class LocalExecutor implements Executor {
   async run(cmd: string, args: string[], opts: RunOptions = {}): Promise<RunResult> {
     checkArgs(cmd, args);
     return new Promise((resolve) => {
-      const child = execFile(cmd, args, { maxBuffer: 256 * 1024 * 1024, timeout: opts.timeoutMs ?? 0 }, (err, stdout, stderr) => {
+      const child = execFile(cmd, args, { maxBuffer: 256 * 1024 * 1024, timeout: opts.timeoutMs ?? DEFAULT_RUN_TIMEOUT_MS }, (err, stdout, stderr) => {
         const e = err as (NodeJS.ErrnoException & { code?: number | string }) | null;
         let code = 0;
         if (e) code = typeof e.code === 'number' ? e.code : -1;
@@ -156,6 +163,10 @@ export class SshExecutor implements Executor {
       username: target.username,
       privateKey: target.privateKey,
       readyTimeout: opts.readyTimeoutMs ?? 20_000,
+      // A host that vanishes without closing TCP (powered off, link cut) closes the connection
+      // within a minute, failing what is in flight instead of leaving it waiting forever.
+      keepaliveInterval: 10_000,
+      keepaliveCountMax: 6,
       // The raw key blob is what known_hosts stores in base64; compare exactly.
       hostVerifier: (key: Buffer) => {
         const b64 = key.toString('base64');
@@ -196,21 +207,22 @@ export class SshExecutor implements Executor {
         const out: Buffer[] = [];
         const errb: Buffer[] = [];
         let code = -1;
-        let timer: NodeJS.Timeout | undefined;
-        if (opts.timeoutMs) {
-          timer = setTimeout(() => {
-            stream.signal('KILL');
-            stream.close();
-          }, opts.timeoutMs);
-        }
+        const limit = opts.timeoutMs ?? DEFAULT_RUN_TIMEOUT_MS;
+        let timedOut = false;
+        const timer = setTimeout(() => {
+          timedOut = true;
+          stream.signal('KILL');
+          stream.close();
+        }, limit);
         stream.on('data', (d: Buffer) => out.push(d));
         stream.stderr.on('data', (d: Buffer) => errb.push(d));
         stream.on('exit', (c: number | null) => {
           code = typeof c === 'number' ? c : -1;
         });
         stream.on('close', () => {
-          if (timer) clearTimeout(timer);
-          resolve({ stdout: Buffer.concat(out).toString(), stderr: Buffer.concat(errb).toString(), code });
+          clearTimeout(timer);
+          if (timedOut) errb.push(Buffer.from(`\nferry: ${cmd} killed after ${limit} ms on ${this.where}`));
+          resolve({ stdout: Buffer.concat(out).toString(), stderr: Buffer.concat(errb).toString(), code: timedOut ? -1 : code });
         });
         if (opts.input !== undefined) stream.end(opts.input);
         else stream.end();

@@ -1,7 +1,8 @@
 // Builds what the Xen lab boots, once, into the git-ignored cache `.cache/xen/`: a Debian dom0 root
 // tree (debootstrap, reused when present), the Xen hypervisor unpacked from it, an ext4 image of
 // the tree (mkfs.ext4 -d: no loop mounts), and the PVH guest's kernel + initramfs.
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
+import { createWriteStream } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { access, chmod, copyFile, mkdir, mkdtemp, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
@@ -83,7 +84,49 @@ async function aptMirror(): Promise<string> {
   throw new FerryError(ErrorTypes.DriverError, 'no Debian bookworm source in /etc/apt: debootstrap needs a mirror');
 }
 
-/** The debootstrap tree, built once (about 2 min, 850 MiB). */
+/**
+ * Runs debootstrap with its output in `logFile`. A mirror that stops answering leaves wget waiting
+ * for many minutes per file, so a run that prints nothing for `stallMs` is killed: one stuck
+ * download then costs minutes, not the whole test run.
+ */
+function debootstrap(args: string[], logFile: string, stallMs: number, log: (s: string) => void): Promise<void> {
+  return new Promise((resolvePromise, reject) => {
+    const out = createWriteStream(logFile, { flags: 'a' });
+    const child = spawn('debootstrap', args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    const t0 = Date.now();
+    let last = '';
+    let stalled = false;
+    let watchdog = setTimeout(onStall, stallMs);
+    function onStall() {
+      stalled = true;
+      child.kill('SIGKILL');
+    }
+    const onData = (d: Buffer) => {
+      out.write(d);
+      clearTimeout(watchdog);
+      watchdog = setTimeout(onStall, stallMs);
+      const line = d.toString().trim().split('\n').pop() ?? '';
+      // The stage, not every package: "I: Retrieving", "I: Unpacking", "I: Configuring".
+      const stage = /^I: (\w+)/.exec(line)?.[1];
+      if (stage && stage !== last) {
+        last = stage;
+        log(`xen lab: debootstrap ${stage.toLowerCase()} (${Math.round((Date.now() - t0) / 1000)} s)`);
+      }
+    };
+    child.stdout.on('data', onData);
+    child.stderr.on('data', onData);
+    child.on('error', (err) => reject(new FerryError(ErrorTypes.DriverError, `debootstrap could not start: ${err.message}`)));
+    child.on('close', (code) => {
+      clearTimeout(watchdog);
+      out.end();
+      if (code === 0) return resolvePromise();
+      const why = stalled ? `printed nothing for ${stallMs / 1000} s (a stuck download?)` : `exited with ${code}`;
+      reject(new FerryError(ErrorTypes.DriverError, `debootstrap ${why}; see ${logFile}`));
+    });
+  });
+}
+
+/** The debootstrap tree, built once (about 3 min, 850 MiB); a failed or stuck run is tried again once. */
 export async function ensureDom0Tree(cacheDir: string, log: (s: string) => void = () => undefined): Promise<string> {
   const tree = join(cacheDir, 'rootfs');
   if (await exists(join(tree, '.ferry-complete'))) return tree;
@@ -93,12 +136,22 @@ export async function ensureDom0Tree(cacheDir: string, log: (s: string) => void 
     throw new FerryError(ErrorTypes.DriverError, 'debootstrap is not installed: apt-get install debootstrap');
   }
   const tmp = `${tree}.tmp`;
-  await rm(tmp, { recursive: true, force: true });
   await mkdir(cacheDir, { recursive: true });
-  log('xen lab: debootstrap of the dom0 tree (a few minutes, once)');
-  await run('debootstrap', ['--variant=minbase', `--include=${DOM0_PACKAGES.join(',')}`, 'bookworm', tmp, await aptMirror()], {
-    timeoutMs: 30 * 60_000,
-  });
+  const mirror = await aptMirror();
+  const logFile = join(cacheDir, 'debootstrap.log');
+  const t0 = Date.now();
+  for (let attempt = 1; ; attempt++) {
+    await rm(tmp, { recursive: true, force: true });
+    log(`xen lab: debootstrap of the dom0 tree from ${mirror} (a few minutes, once; log ${logFile})`);
+    try {
+      await debootstrap(['--variant=minbase', `--include=${DOM0_PACKAGES.join(',')}`, 'bookworm', tmp, mirror], logFile, 10 * 60_000, log);
+      break;
+    } catch (err) {
+      if (attempt >= 2) throw err;
+      log(`xen lab: ${(err as Error).message}; trying once more`);
+    }
+  }
+  log(`xen lab: dom0 tree built in ${Math.round((Date.now() - t0) / 1000)} s`);
   await writeFile(join(tmp, '.ferry-complete'), new Date().toISOString());
   await rm(tree, { recursive: true, force: true });
   await rename(tmp, tree);

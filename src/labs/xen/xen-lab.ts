@@ -94,7 +94,14 @@ export async function startXenLab(opts: XenLabOptions): Promise<XenLab> {
   const dom0KnownHosts = names.map((_, i) => `${linkAddrs[i]} ${pubKeyBody(hostKeys[i].pub)}\n`).join('');
 
   const procs: ChildProcess[] = [];
+  // A test process that dies (a hook timed out, a crash) must not leave two Xen hosts eating the
+  // machine's cores for the rest of the run: 'exit' handlers run on process.exit and normal ends.
+  const killOnExit = () => {
+    for (const p of procs) if (p.exitCode === null && p.signalCode === null) p.kill('SIGKILL');
+  };
+  process.once('exit', killOnExit);
   const killAll = async () => {
+    process.removeListener('exit', killOnExit);
     for (const p of procs) {
       if (p.exitCode === null && p.signalCode === null) {
         p.kill('SIGKILL');
@@ -170,7 +177,8 @@ export async function startXenLab(opts: XenLabOptions): Promise<XenLab> {
             { host: '127.0.0.1', port: sshPorts[i], username: 'root', privateKey: client.priv, knownHostsFile: knownHosts },
             { readyTimeoutMs: 15_000 },
           );
-          const r = await ssh.run('xl', ['list']);
+          // A dom0 still starting its Xen services can leave xl waiting: bound each attempt.
+          const r = await ssh.run('xl', ['list'], { timeoutMs: 20_000 });
           if (r.code === 0 && /Domain-0/.test(r.stdout)) break;
         } catch (err) {
           if (err instanceof FerryError && err.type === ErrorTypes.AuthFailed && /host key/.test(err.message)) throw err;

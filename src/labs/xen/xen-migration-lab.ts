@@ -138,6 +138,7 @@ export async function startXenMigrationLab(opts: XenMigrationLabOptions = {}) {
       workers.start('controller', ['worker', '--controller'], { FERRY_CONFIG: configPath });
       for (const h of xen.hosts) workers.start(h.name, ['worker', '--node', h.name], { FERRY_CONFIG: await writeNodeConfig(h) });
       await waitForPollers(client, ['ferry-control', ...xen.hosts.map((h) => `ferry-node-${h.name}`)]);
+      log('xen lab: controller and node workers polling');
     },
     stopWorker: workers.stop,
 
@@ -146,8 +147,12 @@ export async function startXenMigrationLab(opts: XenMigrationLabOptions = {}) {
       const node = g.node ?? xen.hosts[0]!.name;
       const h = host(node);
       const spec = xenGuestSpec(g.id, { diskBytes: (g.diskMiB ?? 32) * MiB, memoryMiB: g.memoryMiB ?? 256, guestType: g.guestType ?? 'pvh', rate: g.rate });
+      let t = Date.now();
       await uploadDisk(h, spec, g.contentDir, join(dir, 'images'));
+      log(`xen lab: guest ${g.id}: disk on ${node} in ${Date.now() - t} ms`);
+      t = Date.now();
       await drivers.get(node)!.start(spec);
+      log(`xen lab: guest ${g.id}: xl create on ${node} in ${Date.now() - t} ms`);
       inventory.addInstance({ spec, host: node });
       return spec;
     },

@@ -68,6 +68,13 @@ for (const [name, get] of [
       expect(c.stdout).toBe('from stdin');
     });
 
+    it('kills a command that outlives its deadline and says so', async () => {
+      const ex: Executor = get();
+      const r = await ex.run('sleep', ['600'], { timeoutMs: 300 });
+      expect(r.code).toBe(-1);
+      expect(r.stderr).toMatch(/ferry: sleep killed after 300 ms/);
+    });
+
     it('refuses a NUL in an argument before running anything', async () => {
       const ex: Executor = get();
       await expect(ex.run('touch', [join(work, 'x\0y')])).rejects.toThrow(/NUL/);
@@ -92,6 +99,48 @@ for (const [name, get] of [
     });
   });
 }
+
+/** Every process below `pid`, from /proc (the sshd serving each connection forks per session). */
+async function descendants(pid: number): Promise<number[]> {
+  const out: number[] = [];
+  const r = await local.run('ps', ['-e', '-o', 'pid=,ppid=']);
+  const pairs = r.stdout.trim().split('\n').map((l) => l.trim().split(/\s+/).map(Number));
+  const walk = (p: number) => {
+    for (const [c, pp] of pairs) if (pp === p && c !== undefined) (out.push(c), walk(c));
+  };
+  walk(pid);
+  return out;
+}
+
+describe('ssh executor, host stops answering', () => {
+  it('fails the command in flight (keepalive) instead of waiting forever', async () => {
+    const before = await descendants(sshd.pid);
+    const ex = await SshExecutor.connect(
+      { host: '127.0.0.1', port: sshd.port, username: 'root', privateKey: sshd.clientKey, knownHostsFile: sshd.knownHosts },
+      { keepaliveIntervalMs: 500, keepaliveCountMax: 3 },
+    );
+    const running = ex.run('sleep', ['600']);
+    await new Promise((r) => setTimeout(r, 1000));
+    // Freeze this connection's sshd processes (and its sleep): TCP stays up, nothing answers, as
+    // with a host that hangs or a link that silently drops. Without keepalives this never returns.
+    const mine = (await descendants(sshd.pid)).filter((p) => !before.includes(p));
+    expect(mine.length).toBeGreaterThan(0);
+    for (const p of mine) process.kill(p, 'SIGSTOP');
+    try {
+      const r = await running;
+      expect(r.code).toBe(-1);
+      expect(ex.closed).toBe(true);
+    } finally {
+      for (const p of mine) {
+        try {
+          process.kill(p, 'SIGKILL');
+        } catch {
+          // already gone
+        }
+      }
+    }
+  }, 60_000);
+});
 
 describe('ssh host key verification', () => {
   it('refuses a host whose key is not the one in known_hosts', async () => {

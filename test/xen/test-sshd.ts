@@ -11,6 +11,8 @@ const execFileP = promisify(execFile);
 export interface TestSshd {
   dir: string;
   port: number;
+  /** The listening sshd; each connection is served by its descendants. */
+  pid: number;
   clientKey: Buffer;
   knownHosts: string;
   stop(): Promise<void>;
@@ -72,6 +74,7 @@ export async function startTestSshd(): Promise<TestSshd> {
   return {
     dir,
     port,
+    pid: child.pid!,
     clientKey: await readFile(join(dir, 'client_key')),
     knownHosts,
     async stop() {

@@ -69,12 +69,15 @@ export class LocalExecutor implements Executor {
 
   async run(cmd: string, args: string[], opts: RunOptions = {}): Promise<RunResult> {
     checkArgs(cmd, args);
+    const limit = opts.timeoutMs ?? DEFAULT_RUN_TIMEOUT_MS;
     return new Promise((resolve) => {
-      const child = execFile(cmd, args, { maxBuffer: 256 * 1024 * 1024, timeout: opts.timeoutMs ?? DEFAULT_RUN_TIMEOUT_MS }, (err, stdout, stderr) => {
-        const e = err as (NodeJS.ErrnoException & { code?: number | string }) | null;
+      const child = execFile(cmd, args, { maxBuffer: 256 * 1024 * 1024, timeout: limit, killSignal: 'SIGKILL' }, (err, stdout, stderr) => {
+        const e = err as (NodeJS.ErrnoException & { code?: number | string; killed?: boolean }) | null;
         let code = 0;
         if (e) code = typeof e.code === 'number' ? e.code : -1;
-        resolve({ stdout: String(stdout), stderr: String(stderr) || (e && code === -1 ? e.message : ''), code });
+        let errText = String(stderr) || (e && code === -1 ? e.message : '');
+        if (e?.killed) errText += `\nferry: ${cmd} killed after ${limit} ms on local`;
+        resolve({ stdout: String(stdout), stderr: errText, code });
       });
       if (opts.input !== undefined) child.stdin?.end(opts.input);
       else child.stdin?.end();
@@ -148,7 +151,10 @@ export class SshExecutor implements Executor {
     conn.on('close', () => (this.closed = true));
   }
 
-  static async connect(target: SshTarget, opts: { readyTimeoutMs?: number } = {}): Promise<SshExecutor> {
+  static async connect(
+    target: SshTarget,
+    opts: { readyTimeoutMs?: number; keepaliveIntervalMs?: number; keepaliveCountMax?: number } = {},
+  ): Promise<SshExecutor> {
     const known = parseKnownHosts(await readFile(target.knownHostsFile, 'utf8'));
     const name = knownHostsName(target.host, target.port);
     const allowed = known.get(name) ?? [];
@@ -164,9 +170,10 @@ export class SshExecutor implements Executor {
       privateKey: target.privateKey,
       readyTimeout: opts.readyTimeoutMs ?? 20_000,
       // A host that vanishes without closing TCP (powered off, link cut) closes the connection
-      // within a minute, failing what is in flight instead of leaving it waiting forever.
-      keepaliveInterval: 10_000,
-      keepaliveCountMax: 6,
+      // within two minutes, failing what is in flight instead of leaving it waiting forever. Two
+      // minutes, not less: an emulated dom0 busy in xl's stop-and-copy can be slow to answer.
+      keepaliveInterval: opts.keepaliveIntervalMs ?? 15_000,
+      keepaliveCountMax: opts.keepaliveCountMax ?? 8,
       // The raw key blob is what known_hosts stores in base64; compare exactly.
       hostVerifier: (key: Buffer) => {
         const b64 = key.toString('base64');
@@ -200,30 +207,40 @@ export class SshExecutor implements Executor {
 
   async run(cmd: string, args: string[], opts: RunOptions = {}): Promise<RunResult> {
     checkArgs(cmd, args);
-    const line = [cmd, ...args].map(shellQuote).join(' ');
+    const limit = opts.timeoutMs ?? DEFAULT_RUN_TIMEOUT_MS;
+    // The host enforces the deadline itself: OpenSSH does not act on a "signal" request for a plain
+    // exec session, and closing the channel leaves the command running. GNU timeout kills the
+    // command's whole process group (xl migrate's ssh too), itself included: it ends by SIGKILL.
+    const line = ['timeout', '-s', 'KILL', String(limit / 1000), cmd, ...args].map(shellQuote).join(' ');
+    const t0 = Date.now();
     return new Promise((resolve, reject) => {
       this.conn.exec(line, (err, stream) => {
         if (err) return reject(new FerryError(ErrorTypes.DriverError, `ssh exec on ${this.where} failed: ${err.message}`));
         const out: Buffer[] = [];
         const errb: Buffer[] = [];
         let code = -1;
-        const limit = opts.timeoutMs ?? DEFAULT_RUN_TIMEOUT_MS;
-        let timedOut = false;
-        const timer = setTimeout(() => {
-          timedOut = true;
-          stream.signal('KILL');
+        let signal: string | undefined;
+        let settled = false;
+        const finish = (note?: string) => {
+          if (settled) return;
+          settled = true;
+          clearTimeout(backstop);
+          const timedOut = note !== undefined || (Date.now() - t0 >= limit && (signal === 'SIGKILL' || signal === 'KILL' || code === 124 || code === 137));
+          if (timedOut) errb.push(Buffer.from(`\nferry: ${cmd} killed after ${limit} ms on ${this.where}${note ?? ''}`));
+          resolve({ stdout: Buffer.concat(out).toString(), stderr: Buffer.concat(errb).toString(), code: timedOut ? -1 : code });
+        };
+        // A host too wedged to run its own timeout: stop waiting anyway.
+        const backstop = setTimeout(() => {
           stream.close();
-        }, limit);
+          finish(' (the host did not answer)');
+        }, limit + 30_000);
         stream.on('data', (d: Buffer) => out.push(d));
         stream.stderr.on('data', (d: Buffer) => errb.push(d));
-        stream.on('exit', (c: number | null) => {
+        stream.on('exit', (c: number | null, sig?: string) => {
           code = typeof c === 'number' ? c : -1;
+          signal = sig;
         });
-        stream.on('close', () => {
-          clearTimeout(timer);
-          if (timedOut) errb.push(Buffer.from(`\nferry: ${cmd} killed after ${limit} ms on ${this.where}`));
-          resolve({ stdout: Buffer.concat(out).toString(), stderr: Buffer.concat(errb).toString(), code: timedOut ? -1 : code });
-        });
+        stream.on('close', () => finish());
         if (opts.input !== undefined) stream.end(opts.input);
         else stream.end();
       });

@@ -18,7 +18,10 @@ export interface RunResult {
 export interface RunOptions {
   /** Written to the command's stdin, then stdin is closed. */
   input?: string | Buffer;
-  /** Kill the command after this long (the result then has code -1). Default: DEFAULT_RUN_TIMEOUT_MS. */
+  /**
+   * Kill the command after this long (the result then has code -1). Default: DEFAULT_RUN_TIMEOUT_MS.
+   * There is no "no deadline": 0 is taken as 1 ms, not as execFile's and timeout(1)'s "never".
+   */
   timeoutMs?: number;
 }
 
@@ -69,7 +72,7 @@ export class LocalExecutor implements Executor {
 
   async run(cmd: string, args: string[], opts: RunOptions = {}): Promise<RunResult> {
     checkArgs(cmd, args);
-    const limit = opts.timeoutMs ?? DEFAULT_RUN_TIMEOUT_MS;
+    const limit = Math.max(1, opts.timeoutMs ?? DEFAULT_RUN_TIMEOUT_MS);
     return new Promise((resolve) => {
       const child = execFile(cmd, args, { maxBuffer: 256 * 1024 * 1024, timeout: limit, killSignal: 'SIGKILL' }, (err, stdout, stderr) => {
         const e = err as (NodeJS.ErrnoException & { code?: number | string; killed?: boolean }) | null;
@@ -207,7 +210,7 @@ export class SshExecutor implements Executor {
 
   async run(cmd: string, args: string[], opts: RunOptions = {}): Promise<RunResult> {
     checkArgs(cmd, args);
-    const limit = opts.timeoutMs ?? DEFAULT_RUN_TIMEOUT_MS;
+    const limit = Math.max(1, opts.timeoutMs ?? DEFAULT_RUN_TIMEOUT_MS);
     // The host enforces the deadline itself: OpenSSH does not act on a "signal" request for a plain
     // exec session, and closing the channel leaves the command running. GNU timeout kills the
     // command's whole process group (xl migrate's ssh too), itself included: it ends by SIGKILL.

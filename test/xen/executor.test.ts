@@ -100,7 +100,7 @@ for (const [name, get] of [
   });
 }
 
-/** Every process below `pid`, from /proc (the sshd serving each connection forks per session). */
+/** Every process below `pid`, from `ps` (the sshd serving each connection forks per session). */
 async function descendants(pid: number): Promise<number[]> {
   const out: number[] = [];
   const r = await local.run('ps', ['-e', '-o', 'pid=,ppid=']);

@@ -45,9 +45,9 @@ export interface XenImages {
 }
 
 
-async function run(cmd: string, args: string[], opts: { cwd?: string; timeoutMs?: number } = {}): Promise<string> {
+async function run(cmd: string, args: string[]): Promise<string> {
   try {
-    const { stdout } = await execFileP(cmd, args, { cwd: opts.cwd, maxBuffer: 64 * 1024 * 1024, timeout: opts.timeoutMs ?? 0 });
+    const { stdout } = await execFileP(cmd, args, { maxBuffer: 64 * 1024 * 1024 });
     return stdout;
   } catch (err) {
     const e = err as { stderr?: string; message: string };

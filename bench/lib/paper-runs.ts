@@ -9,7 +9,7 @@ import { startProber, stat, type ProbeSample } from '../../src/labs/guest-client
 import { CONTROL_TASK_QUEUE, MIGRATE_WORKFLOW_TYPE, migrationWorkflowId } from '../../src/shared/names.js';
 import { SA_DESTINATION, SA_INSTANCE } from '../../src/shared/search-attributes.js';
 import type { MigrationResult } from '../../src/shared/messages.js';
-import type { InstanceSpec } from '../../src/drivers/driver.js';
+import type { InstanceSpec } from '../../src/shared/instance.js';
 import { migrateNative } from '../../src/drivers/qemu/native-migration.js';
 import { createQemuDriver } from '../../src/drivers/qemu/qemu-driver.js';
 import { instancePaths, stopQemu } from '../../src/drivers/qemu/qemu-process.js';
@@ -140,7 +140,7 @@ export async function runOnce(
     await waitForGuest(addrs[0]!.host, addrs[0]!.port);
     if (measureContent) {
       s.log(`${id}: measuring the disk's compressibility`);
-      rec.content = await measureDiskContent(spec.diskPath);
+      rec.content = await measureDiskContent(spec.disks[0]!.path);
     }
     const proberT0 = Date.now();
     prober = startProber(addrs, s.probeMs);
@@ -180,7 +180,7 @@ export async function runOnce(
       const paths = instancePaths(lab.nodeStateDir(n.name), id);
       await stopQemu(paths, 2000).catch(() => undefined);
       await rm(paths.dir, { recursive: true, force: true });
-      await rm(createQemuDriver({ stateDir: lab.nodeStateDir(n.name) }).destinationDiskPath(spec), { force: true });
+      for (const d of createQemuDriver({ stateDir: lab.nodeStateDir(n.name) }).destinationDisks(spec)) await rm(d.path, { force: true });
     }
   }
 }

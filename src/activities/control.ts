@@ -1,8 +1,8 @@
 // Activities of the controller worker (queue `ferry-control`): the paper's CC. Only these write
 // the inventory.
 import type { Logger } from 'pino';
-import type { Inventory, MigrationOutcome } from '../inventory/index.js';
-import type { InstanceSpec } from '../drivers/driver.js';
+import type { Inventory, MigrationOutcome, SyncReport } from '../inventory/index.js';
+import { totalDiskBytes, type DiskSpec, type InstanceSpec } from '../shared/instance.js';
 import { FerryError, ErrorTypes, toFailure } from '../shared/errors.js';
 import { ID_PATTERN } from '../shared/names.js';
 import { MAX_DOWNTIME_MS, type MigrationOptions } from '../shared/options.js';
@@ -56,7 +56,7 @@ export function createControlActivities(deps: { inventory: Inventory; log: Logge
         const short = [
           free.vcpus < spec.vcpus ? `${spec.vcpus} vCPU (free ${free.vcpus})` : '',
           free.memoryMiB < spec.memoryMiB ? `${spec.memoryMiB} MiB memory (free ${free.memoryMiB})` : '',
-          free.diskBytes < spec.diskBytes ? `${spec.diskBytes} bytes of disk (free ${free.diskBytes})` : '',
+          free.diskBytes < totalDiskBytes(spec) ? `${totalDiskBytes(spec)} bytes of disk (free ${free.diskBytes})` : '',
         ].filter(Boolean);
         if (short.length) throw new FerryError(ErrorTypes.DestinationFull, `${dst.name} cannot take ${instanceId}: it needs ${short.join(', ')}`);
         inventory.beginMigration({ migrationId: args.migrationId, instanceId, source: src.name, destination: dst.name });
@@ -79,7 +79,7 @@ export function createControlActivities(deps: { inventory: Inventory; log: Logge
           node: args.node,
           vcpus: instance.spec.vcpus,
           memoryMiB: instance.spec.memoryMiB,
-          diskBytes: instance.spec.diskBytes,
+          diskBytes: instance.diskBytes,
         });
         inventory.logPhase(args.migrationId, 'reserve', { node: args.node });
       });
@@ -89,8 +89,20 @@ export function createControlActivities(deps: { inventory: Inventory; log: Logge
       return guarded('releaseReservation', () => void inventory.release(args.migrationId));
     },
 
-    async commitMigration(args: { migrationId: string; instanceId: string; source: string; destination: string; diskPath?: string }): Promise<void> {
+    async commitMigration(args: { migrationId: string; instanceId: string; source: string; destination: string; disks?: DiskSpec[] }): Promise<void> {
       return guarded('commitMigration', () => void inventory.commitMigration(args));
+    },
+
+    async requireNode(args: { node: string }): Promise<void> {
+      return guarded('requireNode', () => {
+        if (!ID_PATTERN.test(args.node)) throw new FerryError(ErrorTypes.BadInput, `invalid node name ${JSON.stringify(args.node)}: use lower-case letters, digits and dashes`);
+        if (!inventory.findNode(args.node)) throw new FerryError(ErrorTypes.UnknownNode, `unknown node ${args.node}: \`ferry node add\` registers it, \`ferry node list\` shows the known ones`);
+      });
+    },
+
+    /** `ferry node sync`: records what a node's hypervisor says it runs (see Inventory.syncInstances). */
+    async importInstances(args: { node: string; instances: InstanceSpec[] }): Promise<SyncReport> {
+      return guarded('importInstances', () => inventory.syncInstances(args.node, args.instances));
     },
 
     async finishMigration(args: { migrationId: string; outcome: MigrationOutcome; summary: unknown }): Promise<void> {

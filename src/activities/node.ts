@@ -4,9 +4,10 @@ import { Context, heartbeat, activityInfo } from '@temporalio/activity';
 import type { Client } from '@temporalio/client';
 import { randomBytes } from 'node:crypto';
 import { mkdir } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import type { Logger } from 'pino';
-import type { HypervisorDriver, InstanceSpec } from '../drivers/driver.js';
+import type { Handover, HypervisorDriver } from '../drivers/driver.js';
+import { diskOf, type DiskSpec, type InstanceSpec } from '../shared/instance.js';
 import { DiskReceiver } from '../dataplane/receiver.js';
 import { sendStream } from '../dataplane/sender.js';
 import { sha256OfSource } from '../dataplane/digest.js';
@@ -31,9 +32,21 @@ export interface NodeActivityDeps {
 
 export interface PreparedDestination {
   memoryUri: string;
-  /** Where the instance's disk lives on the destination (the inventory records it at commit). */
-  diskPath: string;
-  endpoint: ReceiverEndpoint;
+  /** The guest's disks as the destination holds them (the inventory records them at commit). */
+  disks: DiskSpec[];
+  /** One receiver per disk, by vdev. */
+  endpoints: Record<string, ReceiverEndpoint>;
+}
+
+/** What the source's check tells the workflow about this host's hypervisor. */
+export interface SourceFacts {
+  handover: Handover;
+}
+
+/** Heartbeat details of a stream: disks before `disk` are done, `disk` is acknowledged up to `ackedOffset`. */
+interface StreamCheckpoint {
+  disk: number;
+  ackedOffset: number;
 }
 
 export interface StreamResult extends TransferProgress {
@@ -44,9 +57,15 @@ export function createNodeActivities(deps: NodeActivityDeps) {
   const { driver, log } = deps;
   // Receivers live as long as this worker process; their acknowledged offsets are persisted, so a
   // restarted worker reopens one that resumes where the last one stopped.
-  const receivers = new Map<string, { receiver: DiskReceiver; endpoint: ReceiverEndpoint; memoryUri: string }>();
+  const receivers = new Map<string, { receivers: DiskReceiver[]; prepared: PreparedDestination }>();
 
-  const receiverStateFile = (migrationId: string) => join(deps.stateDir, 'receivers', `${migrationId}.json`);
+  const receiverStateFile = (migrationId: string, vdev: string) => join(deps.stateDir, 'receivers', `${migrationId}.${vdev}.json`);
+
+  async function closeReceivers(migrationId: string): Promise<void> {
+    const open = receivers.get(migrationId);
+    receivers.delete(migrationId);
+    for (const r of open?.receivers ?? []) await r.close();
+  }
 
   async function guarded<T>(what: string, fn: () => Promise<T>): Promise<T> {
     try {
@@ -83,13 +102,22 @@ export function createNodeActivities(deps: NodeActivityDeps) {
   }
 
   return {
-    async checkSource({ spec }: { spec: InstanceSpec }): Promise<void> {
+    async checkSource({ spec }: { spec: InstanceSpec }): Promise<SourceFacts> {
       return guarded('checkSource', async () => {
         const state = await driver.state(spec);
         if (state !== 'running') {
           throw new FerryError(ErrorTypes.InstanceNotRunning, `${spec.id} is ${state} on ${deps.nodeName}, not running: only a running instance can be live-migrated`);
         }
         await driver.checkMigratable(spec);
+        return { handover: driver.handover };
+      });
+    },
+
+    /** `ferry node sync`: what this host runs, as the hypervisor describes it. */
+    async discoverInstances(): Promise<NonNullable<Awaited<ReturnType<NonNullable<HypervisorDriver['discover']>>>>> {
+      return guarded('discoverInstances', async () => {
+        if (!driver.discover) throw new FerryError(ErrorTypes.BadInput, `the ${driver.kind} driver of ${deps.nodeName} cannot list the guests it runs`);
+        return withHeartbeat(() => driver.discover!());
       });
     },
 
@@ -99,50 +127,56 @@ export function createNodeActivities(deps: NodeActivityDeps) {
         if (state !== 'absent' && !receivers.has(migrationId)) {
           throw new FerryError(ErrorTypes.InvalidDestination, `${deps.nodeName} already holds an instance named ${spec.id} (${state}); remove it before migrating there`);
         }
-        const free = await driver.destinationFreeBytes(spec);
-        if (free < spec.diskBytes) {
-          const diskDir = dirname(driver.destinationDiskPath(spec));
-          throw new FerryError(ErrorTypes.DestinationDiskFull, `${deps.nodeName} has ${free} bytes free in ${diskDir}, the disk of ${spec.id} needs ${spec.diskBytes}`);
-        }
+        await driver.checkDestination(spec);
         await driver.checkMigratable(spec);
       });
     },
 
-    /** Idempotent: called again after a destination worker restart, it reopens the receiver. */
+    /** Idempotent: called again after a destination worker restart, it reopens the receivers. */
     async prepareDestination({ migrationId, spec, tls }: { migrationId: string; spec: InstanceSpec; tls: boolean }): Promise<PreparedDestination> {
       return guarded('prepareDestination', async () => {
-        let open = receivers.get(migrationId);
-        if (!open) {
-          const { memoryUri } = await driver.prepareDestination(spec, { listenHost: deps.dataAddress });
-          await mkdir(join(deps.stateDir, 'receivers'), { recursive: true });
-          const receiver = await DiskReceiver.open({
-            host: deps.dataAddress,
-            port: 0,
-            token: randomBytes(32).toString('hex'),
-            diskPath: driver.destinationDiskPath(spec),
-            openDisk: () => driver.openDestinationDisk(spec),
-            diskSize: spec.diskBytes,
-            tls,
-            stateFile: receiverStateFile(migrationId),
-          });
-          open = { receiver, endpoint: receiver.endpoint(), memoryUri };
-          receivers.set(migrationId, open);
+        const open = receivers.get(migrationId);
+        if (open) return open.prepared;
+        const { memoryUri } = await driver.prepareDestination(spec, { listenHost: deps.dataAddress });
+        await mkdir(join(deps.stateDir, 'receivers'), { recursive: true });
+        const disks = driver.destinationDisks(spec);
+        const opened: DiskReceiver[] = [];
+        try {
+          for (const d of disks) {
+            opened.push(
+              await DiskReceiver.open({
+                host: deps.dataAddress,
+                port: 0,
+                token: randomBytes(32).toString('hex'),
+                diskPath: d.path,
+                openDisk: () => driver.openDestinationDisk(spec, d.vdev),
+                diskSize: d.bytes,
+                tls,
+                stateFile: receiverStateFile(migrationId, d.vdev),
+              }),
+            );
+          }
+        } catch (err) {
+          for (const r of opened) await r.close().catch(() => undefined);
+          throw err;
         }
-        return { memoryUri: open.memoryUri, diskPath: driver.destinationDiskPath(spec), endpoint: open.endpoint };
+        const prepared: PreparedDestination = {
+          memoryUri,
+          disks,
+          endpoints: Object.fromEntries(disks.map((d, i) => [d.vdev, opened[i]!.endpoint()])),
+        };
+        receivers.set(migrationId, { receivers: opened, prepared });
+        return prepared;
       });
     },
 
     async closeReceiver({ migrationId }: { migrationId: string }): Promise<void> {
-      const open = receivers.get(migrationId);
-      receivers.delete(migrationId);
-      await open?.receiver.close();
+      await closeReceivers(migrationId);
     },
 
     async abortDestination({ migrationId, spec }: { migrationId: string; spec: InstanceSpec }): Promise<void> {
       return guarded('abortDestination', async () => {
-        const open = receivers.get(migrationId);
-        receivers.delete(migrationId);
-        await open?.receiver.close();
+        await closeReceivers(migrationId);
         await driver.abortDestination(spec);
       });
     },
@@ -156,14 +190,15 @@ export function createNodeActivities(deps: NodeActivityDeps) {
     },
 
     /**
-     * Streams the whole disk (`bulk`) or one frozen dirty round to the destination's receiver.
-     * Resumes from the last acknowledged offset: the previous attempt's heartbeat details, or
-     * (larger, when the receiver outlived this worker) what the receiver itself acknowledged.
+     * Streams every disk whole (`bulk`) or one frozen dirty round of every disk to the destination's
+     * receivers, one disk after the other. Resumes from the last acknowledged point: the previous
+     * attempt's heartbeat details, or (larger, when the receiver outlived this worker) what the
+     * receiver itself acknowledged.
      */
     async sendDisk(args: {
       migrationId: string;
       spec: InstanceSpec;
-      endpoint: ReceiverEndpoint;
+      endpoints: Record<string, ReceiverEndpoint>;
       streamId: string;
       round?: number;
       options: MigrationOptions;
@@ -171,41 +206,71 @@ export function createNodeActivities(deps: NodeActivityDeps) {
       return guarded('sendDisk', async () => {
         const { spec, streamId, options } = args;
         const ctx = Context.current();
-        const extents: Extent[] =
-          args.round === undefined ? [{ offset: 0, length: spec.diskBytes }] : await driver.takeDirtyRound(spec, args.round);
-        const startOffset = (ctx.info.heartbeatDetails as { ackedOffset?: number } | undefined)?.ackedOffset ?? 0;
-        const dirtyBytes = totalLength(extents);
+        const dirty = args.round === undefined ? undefined : await driver.takeDirtyRound(spec, args.round);
+        const plans = spec.disks.map((d) => ({ disk: d, extents: dirty ? (dirty[d.vdev] ?? []) : [{ offset: 0, length: d.bytes }] }));
+        const resume = ctx.info.heartbeatDetails as Partial<StreamCheckpoint> | undefined;
+        const dirtyBytes = plans.reduce((n, p) => n + totalLength(p.extents), 0);
         const report = reporter(args.migrationId);
-        const source = await driver.openDisk(spec);
-        try {
-          log.info({ streamId, dirtyBytes, startOffset, remaining: totalLength(extentsFrom(extents, startOffset)) }, 'stream start');
-          const result = await sendStream({
-            endpoint: args.endpoint,
-            source,
-            plan: { streamId, extents, startOffset },
-            options: { chunkSize: options.chunkSize, codec: options.codec, bandwidthBytesPerSec: options.bandwidthBytesPerSec },
-            signal: ctx.cancellationSignal,
-            onProgress: (p) => {
-              ctx.heartbeat({ ackedOffset: p.ackedOffset });
-              report({
-                stream: streamId,
-                bytesDone: p.doneBytes,
-                bytesTotal: p.totalBytes,
-                rateBytesPerSec: p.elapsedMs > 0 ? Math.round((p.doneBytes / p.elapsedMs) * 1000) : 0,
-                wireBytes: p.wireBytes,
-              });
-            },
-          });
-          report({ stream: streamId, bytesDone: result.doneBytes, bytesTotal: result.totalBytes, rateBytesPerSec: result.elapsedMs > 0 ? Math.round((result.doneBytes / result.elapsedMs) * 1000) : 0, wireBytes: result.wireBytes }, true);
-          log.info({ ...result }, 'stream done');
-          return { ...result, dirtyBytes };
-        } finally {
-          await source.close();
+        const total: StreamResult = { streamId, ackedOffset: 0, doneBytes: 0, totalBytes: dirtyBytes, wireBytes: 0, zeroBytes: 0, elapsedMs: 0, dirtyBytes };
+        const t0 = Date.now();
+        for (const [i, { disk, extents }] of plans.entries()) {
+          // Disks an earlier attempt finished count as done; the one it was on resumes at its offset.
+          if (resume?.disk !== undefined && i < resume.disk) {
+            total.doneBytes += totalLength(extents);
+            continue;
+          }
+          const startOffset = resume?.disk === i ? (resume.ackedOffset ?? 0) : 0;
+          const endpoint = args.endpoints[disk.vdev];
+          if (!endpoint) throw new FerryError(ErrorTypes.BadInput, `no receiver for disk ${disk.vdev} of ${spec.id}`);
+          if (extents.length === 0) continue;
+          const before = { done: total.doneBytes, wire: total.wireBytes };
+          const source = await driver.openDisk(spec, disk.vdev);
+          try {
+            log.info({ streamId, vdev: disk.vdev, dirtyBytes: totalLength(extents), startOffset, remaining: totalLength(extentsFrom(extents, startOffset)) }, 'stream start');
+            const r = await sendStream({
+              endpoint,
+              source,
+              plan: { streamId: `${streamId}.${disk.vdev}`, extents, startOffset },
+              options: { chunkSize: options.chunkSize, codec: options.codec, bandwidthBytesPerSec: options.bandwidthBytesPerSec },
+              signal: ctx.cancellationSignal,
+              onProgress: (p) => {
+                ctx.heartbeat({ disk: i, ackedOffset: p.ackedOffset } satisfies StreamCheckpoint);
+                const done = before.done + p.doneBytes;
+                const elapsed = Date.now() - t0;
+                report({ stream: streamId, bytesDone: done, bytesTotal: dirtyBytes, rateBytesPerSec: elapsed > 0 ? Math.round((done / elapsed) * 1000) : 0, wireBytes: before.wire + p.wireBytes });
+              },
+            });
+            total.doneBytes += r.doneBytes;
+            total.wireBytes += r.wireBytes;
+            total.zeroBytes += r.zeroBytes;
+            log.info({ ...r, vdev: disk.vdev }, 'stream done');
+          } finally {
+            await source.close();
+          }
+          // The next disk starts from its beginning, also after a retry.
+          ctx.heartbeat({ disk: i + 1, ackedOffset: 0 } satisfies StreamCheckpoint);
         }
+        total.elapsedMs = Date.now() - t0;
+        report({ stream: streamId, bytesDone: total.doneBytes, bytesTotal: dirtyBytes, rateBytesPerSec: total.elapsedMs > 0 ? Math.round((total.doneBytes / total.elapsedMs) * 1000) : 0, wireBytes: total.wireBytes }, true);
+        return total;
       });
     },
 
-    async migrateMemory({ migrationId, spec, memoryUri, options, memoryDowntimeMs }: { migrationId: string; spec: InstanceSpec; memoryUri: string; options: MigrationOptions; memoryDowntimeMs: number }): Promise<void> {
+    async migrateMemory({
+      migrationId,
+      spec,
+      memoryUri,
+      options,
+      memoryDowntimeMs,
+      destinationDisks,
+    }: {
+      migrationId: string;
+      spec: InstanceSpec;
+      memoryUri: string;
+      options: MigrationOptions;
+      memoryDowntimeMs: number;
+      destinationDisks: DiskSpec[];
+    }): Promise<void> {
       return guarded('migrateMemory', async () => {
         const report = reporter(migrationId);
         const ctx = Context.current();
@@ -217,6 +282,7 @@ export function createNodeActivities(deps: NodeActivityDeps) {
             () =>
               driver.migrateMemory(spec, memoryUri, {
                 downtimeMs: memoryDowntimeMs,
+                destinationDisks,
                 bandwidthBytesPerSec: options.bandwidthBytesPerSec || undefined,
                 onProgress: (p) => {
                   last = p;
@@ -231,15 +297,23 @@ export function createNodeActivities(deps: NodeActivityDeps) {
       });
     },
 
-    async digestDisk({ spec, side }: { spec: InstanceSpec; side: 'source' | 'destination' }): Promise<string> {
-      return guarded('digestDisk', async () => {
-        if (driver.digestDisk) return withHeartbeat(() => driver.digestDisk!(spec, side));
-        const source = side === 'source' ? await driver.openDisk(spec) : await openDestinationDisk(driver, spec);
-        try {
-          return await withHeartbeat(() => sha256OfSource(source));
-        } finally {
-          await source.close();
+    /** SHA-256 of every disk of one side, by vdev. */
+    async digestDisks({ spec, side }: { spec: InstanceSpec; side: 'source' | 'destination' }): Promise<Record<string, string>> {
+      return guarded('digestDisks', async () => {
+        const out: Record<string, string> = {};
+        for (const d of spec.disks) {
+          if (driver.digestDisk) {
+            out[d.vdev] = await withHeartbeat(() => driver.digestDisk!(spec, side, d.vdev));
+            continue;
+          }
+          const source = side === 'source' ? await driver.openDisk(spec, d.vdev) : await openDestinationDisk(driver, spec, d.vdev);
+          try {
+            out[d.vdev] = await withHeartbeat(() => sha256OfSource(source));
+          } finally {
+            await source.close();
+          }
         }
+        return out;
       });
     },
 
@@ -256,8 +330,8 @@ export function createNodeActivities(deps: NodeActivityDeps) {
       return guarded('cancelMigration', () => driver.cancelMigration(spec));
     },
 
-    async retire({ spec }: { spec: InstanceSpec }): Promise<void> {
-      return guarded('retire', () => withHeartbeat(() => driver.retire(spec)));
+    async retire({ spec, keepDisks }: { spec: InstanceSpec; keepDisks?: boolean }): Promise<void> {
+      return guarded('retire', () => withHeartbeat(() => driver.retire(spec, { keepDisks })));
     },
 
     async instanceState({ spec }: { spec: InstanceSpec }) {
@@ -266,8 +340,8 @@ export function createNodeActivities(deps: NodeActivityDeps) {
   };
 }
 
-async function openDestinationDisk(driver: HypervisorDriver, spec: InstanceSpec) {
-  return targetAsSource(await driver.openDestinationDisk(spec), spec.diskBytes);
+async function openDestinationDisk(driver: HypervisorDriver, spec: InstanceSpec, vdev: string) {
+  return targetAsSource(await driver.openDestinationDisk(spec, vdev), diskOf(spec, vdev).bytes);
 }
 
 export type NodeActivities = ReturnType<typeof createNodeActivities>;

@@ -5,6 +5,9 @@ import { openInventory, type Inventory } from '../inventory/index.js';
 import { parseSize } from '../config/index.js';
 import { CliError, EXIT, type CliContext } from './context.js';
 import { formatBytes } from './progress.js';
+import { WorkflowExecutionAlreadyStartedError, WorkflowFailedError } from '@temporalio/client';
+import { CONTROL_TASK_QUEUE, SYNC_WORKFLOW_TYPE, syncWorkflowId } from '../shared/names.js';
+import type { SyncNodeInput, SyncNodeResult } from '../shared/messages.js';
 
 type Run = <A extends unknown[]>(fn: (...args: A) => Promise<number>) => (...args: A) => Promise<void>;
 
@@ -48,6 +51,34 @@ export function addInventoryCommands(program: Command, ctx: CliContext, run: Run
           }),
         );
         print(f.json as boolean, rec, () => `added node ${rec.name}`);
+        return EXIT.ok;
+      }),
+    );
+  node
+    .command('sync')
+    .description("import what the node's hypervisor runs: every guest, as the host describes it")
+    .argument('<name>', 'node name')
+    .option('--json', 'print JSON')
+    .action(
+      run(async (name: string, f: { json?: boolean }) => {
+        const client = await ctx.client();
+        let r: SyncNodeResult;
+        try {
+          r = await client.workflow.execute(SYNC_WORKFLOW_TYPE, {
+            taskQueue: CONTROL_TASK_QUEUE,
+            workflowId: syncWorkflowId(name),
+            args: [{ node: name } satisfies SyncNodeInput],
+            workflowExecutionTimeout: '15m',
+          });
+        } catch (err) {
+          if (err instanceof WorkflowExecutionAlreadyStartedError) throw new CliError(`a sync of ${name} is already running`, EXIT.refused);
+          if (err instanceof WorkflowFailedError) {
+            const cause = (err.cause as { cause?: { message?: string; type?: string } } | undefined)?.cause ?? err.cause;
+            throw new CliError(`sync of ${name} failed: ${cause?.message ?? err.message}`, (cause as { type?: string } | undefined)?.type === 'UnknownNode' ? EXIT.notFound : EXIT.failed);
+          }
+          throw err;
+        }
+        print(f.json, r, () => formatSync(r));
         return EXIT.ok;
       }),
     );
@@ -126,4 +157,16 @@ export function addInventoryCommands(program: Command, ctx: CliContext, run: Run
         return EXIT.ok;
       }),
     );
+}
+
+function formatSync(r: SyncNodeResult): string {
+  const names = (xs: string[]) => (xs.length ? ` (${xs.join(', ')})` : '');
+  const lines = [
+    `${r.node}: ${r.added.length} added${names(r.added)}, ${r.updated.length} updated${names(r.updated)}, ${r.unchanged.length} unchanged${names(r.unchanged)}`,
+    ...r.refused.map((x) => `  cannot migrate ${x.name}: ${x.reason}`),
+    ...r.conflicts.map((x) => `  not recorded ${x.id}: ${x.reason}`),
+    ...r.missing.map((id) => `  recorded on ${r.node} but not running there: ${id}`),
+  ];
+  if (r.overCapacity) lines.push(`  ${r.node} runs more than its recorded capacity: \`ferry node show ${r.node}\``);
+  return lines.join('\n');
 }

@@ -26,6 +26,7 @@ export interface MigrateFlags {
   maxRounds?: string;
   tls?: boolean;
   verify?: boolean;
+  keepSource?: boolean;
 }
 
 /** Options given on the command line, over the config's defaults; the workflow adds the rest. */
@@ -40,6 +41,7 @@ export function migrationOptions(ctx: CliContext, f: MigrateFlags): Partial<Migr
   };
   if (f.tls === false) o.tls = false;
   if (f.verify) o.verifyDisk = true;
+  if (f.keepSource) o.keepSourceDisks = true;
   return o;
 }
 

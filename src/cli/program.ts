@@ -40,6 +40,7 @@ export function buildProgram(): { program: Command; ctx: CliContext; result: { c
     .option('--max-rounds <n>', 'dirty rounds before giving up')
     .option('--no-tls', 'plain TCP disk stream (lab use only)')
     .option('--verify', 'hash both disks while paused, before the point of no return')
+    .option('--keep-source', "after success keep the source's disks, renamed <name>.ferry-migrated, instead of removing them")
     .action(run((instance: string, flags: mig.MigrateFlags) => mig.migrate(ctx, instance, flags)));
 
   program

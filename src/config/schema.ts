@@ -59,7 +59,12 @@ const xenSchema = z.strictObject({
   migrationAddress: address.optional(),
   /** `xl migrate -s` transport as an argv; default plain ssh. */
   migrateSshCommand: z.array(z.string().min(1).refine((w) => !w.includes('\0'), 'must not contain NUL')).min(1).optional(),
-  bridge: z.string().regex(/^[a-zA-Z0-9_.-]{1,15}$/, 'must be an interface name').optional(),
+  /** Volume group for incoming guests' LV disks; default: the VG name the disk has on its source. */
+  volumeGroup: z.string().regex(/^[A-Za-z0-9+_.][A-Za-z0-9+_.-]{0,126}$/, 'must be an LVM volume group name').optional(),
+  /** Where incoming guests' file disks go: prefix rewrites, first match wins; default: the same path. */
+  pathMap: z
+    .array(z.strictObject({ from: pathString.refine((p) => p.startsWith('/'), 'must be absolute'), to: pathString.refine((p) => p.startsWith('/'), 'must be absolute') }))
+    .optional(),
   ssh: z
     .strictObject({
       host: address,

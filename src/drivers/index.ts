@@ -32,7 +32,7 @@ export async function createDriver(cfg: FerryConfig): Promise<HypervisorDriver> 
         stateDir: xen?.stateDir ?? '/var/lib/ferry/xen',
         migrationAddress: xen?.migrationAddress,
         migrateSshCommand: xen?.migrateSshCommand,
-        bridge: xen?.bridge,
+        storage: { volumeGroup: xen?.volumeGroup, pathMap: xen?.pathMap },
       });
     }
     default:

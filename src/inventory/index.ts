@@ -1,6 +1,6 @@
 // Public face of the inventory: import from here.
 export { openInventory, Inventory } from './inventory.js';
-export type { InventoryRepository, AddInstanceInput, CommitResult, OpenOptions } from './inventory.js';
+export type { InventoryRepository, AddInstanceInput, CommitResult, OpenOptions, SyncReport } from './inventory.js';
 export type {
   ConsistencyViolation,
   InstanceRecord,

@@ -6,7 +6,7 @@
 import Database from 'better-sqlite3';
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
-import type { InstanceSpec } from '../drivers/driver.js';
+import { totalDiskBytes, type InstanceSpec } from '../shared/instance.js';
 import type { Phase } from '../shared/names.js';
 import { FerryError, ErrorTypes } from '../shared/errors.js';
 import { migrate } from './schema.js';
@@ -27,6 +27,7 @@ import {
   commitInputSchema,
   idSchema,
   instanceInputSchema,
+  instanceSpecSchema,
   instanceStateSchema,
   migrationIdSchema,
   nodeInputSchema,
@@ -47,6 +48,20 @@ export interface AddInstanceInput {
   state?: InstanceState;
 }
 
+/** What `syncInstances` did with what a host said it runs. */
+export interface SyncReport {
+  node: string;
+  added: string[];
+  updated: string[];
+  unchanged: string[];
+  /** Found on the host but not recorded, with the reason (another host holds the id, a migration runs). */
+  conflicts: { id: string; reason: string }[];
+  /** Recorded on this node, not found on the host: left as they are, for the operator to look at. */
+  missing: string[];
+  /** The node's recorded capacity is smaller than what it runs. */
+  overCapacity: boolean;
+}
+
 export interface CommitResult {
   /** false when the migration was already committed: the second run changed nothing. */
   changed: boolean;
@@ -64,6 +79,7 @@ export interface InventoryRepository {
   addInstance(input: AddInstanceInput): InstanceRecord;
   getInstance(id: string): InstanceRecord;
   findInstance(id: string): InstanceRecord | undefined;
+  syncInstances(node: string, found: InstanceSpec[]): SyncReport;
   listInstances(filter?: { host?: string }): InstanceRecord[];
   setInstanceState(id: string, state: InstanceState): InstanceRecord;
   removeInstance(id: string): { changed: boolean };
@@ -202,6 +218,10 @@ function reservationFromRow(r: ReservationRow): ReservationRecord {
   };
 }
 
+function resourcesOf(spec: InstanceSpec): Resources {
+  return { vcpus: spec.vcpus, memoryMiB: spec.memoryMiB, diskBytes: totalDiskBytes(spec) };
+}
+
 function fmtResource(key: keyof Resources, n: number): string {
   if (key === 'vcpus') return `${n} vCPU`;
   if (key === 'memoryMiB') return `${n} MiB memory`;
@@ -291,17 +311,75 @@ export class Inventory implements InventoryRepository {
             `instance ${spec.id} is a ${spec.hypervisor} guest but node ${host} runs ${node.hypervisor}`,
           );
         }
-        this.assertRoom(host, spec, `instance ${spec.id}`);
+        this.assertRoom(host, resourcesOf(spec), `instance ${spec.id}`);
         const t = now();
         this.db
           .prepare(
             `INSERT INTO instances (id, host, vcpus, memory_mib, disk_bytes, spec, state, created_at, updated_at)
              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
           )
-          .run(spec.id, host, spec.vcpus, spec.memoryMiB, spec.diskBytes, JSON.stringify(spec), state, t, t);
+          .run(spec.id, host, spec.vcpus, spec.memoryMiB, totalDiskBytes(spec), JSON.stringify(spec), state, t, t);
         return this.getInstance(spec.id);
       })
       .immediate();
+  }
+
+  /**
+   * Records what `node` says it runs, in one transaction: new guests are added, known ones on this
+   * node updated to what the host says now (never duplicated), and nothing else changes. A guest
+   * the inventory places elsewhere, or one being migrated, is reported, not touched. What the host
+   * runs is a fact: a node whose recorded capacity is too small is reported, not refused.
+   */
+  syncInstances(node: string, found: InstanceSpec[]): SyncReport {
+    const host = parseInput(idSchema, node, 'node');
+    const specs = found.map((f) => parseInput(instanceSpecSchema, f, 'instance spec'));
+    return this.db
+      .transaction((): SyncReport => {
+        const n = this.getNode(host);
+        const report: SyncReport = { node: host, added: [], updated: [], unchanged: [], conflicts: [], missing: [], overCapacity: false };
+        const t = now();
+        for (const spec of specs) {
+          if (spec.hypervisor !== n.hypervisor) {
+            report.conflicts.push({ id: spec.id, reason: `a ${spec.hypervisor} guest on a ${n.hypervisor} node` });
+            continue;
+          }
+          const existing = this.findInstance(spec.id);
+          const json = JSON.stringify(spec);
+          if (!existing) {
+            this.db
+              .prepare(
+                `INSERT INTO instances (id, host, vcpus, memory_mib, disk_bytes, spec, state, created_at, updated_at)
+                 VALUES (?, ?, ?, ?, ?, ?, 'running', ?, ?)`,
+              )
+              .run(spec.id, host, spec.vcpus, spec.memoryMiB, totalDiskBytes(spec), json, t, t);
+            report.added.push(spec.id);
+          } else if (existing.host !== host) {
+            report.conflicts.push({ id: spec.id, reason: `the inventory places ${spec.id} on ${existing.host}: sync that node, or remove the instance there first` });
+          } else if (existing.state === 'migrating' || this.liveReservationOf(spec.id)) {
+            report.conflicts.push({ id: spec.id, reason: `${spec.id} is being migrated: sync again when it is done` });
+          } else if (JSON.stringify(existing.spec) === json && existing.state === 'running') {
+            report.unchanged.push(spec.id);
+          } else {
+            this.db
+              .prepare(`UPDATE instances SET vcpus = ?, memory_mib = ?, disk_bytes = ?, spec = ?, state = 'running', updated_at = ? WHERE id = ?`)
+              .run(spec.vcpus, spec.memoryMiB, totalDiskBytes(spec), json, t, spec.id);
+            report.updated.push(spec.id);
+          }
+        }
+        const seen = new Set(specs.map((x) => x.id));
+        report.missing = this.listInstances({ host }).filter((i) => !seen.has(i.id)).map((i) => i.id);
+        const free = this.freeCapacity(host);
+        report.overCapacity = free.vcpus < 0 || free.memoryMiB < 0 || free.diskBytes < 0;
+        return report;
+      })
+      .immediate();
+  }
+
+  private liveReservationOf(instanceId: string): string | undefined {
+    const r = this.db.prepare(`SELECT migration_id FROM reservations WHERE instance_id = ? AND released_at IS NULL`).get(instanceId) as
+      | { migration_id: string }
+      | undefined;
+    return r?.migration_id;
   }
 
   findInstance(id: string): InstanceRecord | undefined {
@@ -587,8 +665,8 @@ export class Inventory implements InventoryRepository {
           );
         }
         const t = now();
-        // The spec follows the instance: its disk now lives where the destination put it.
-        const spec = c.diskPath ? { ...instance.spec, diskPath: c.diskPath } : instance.spec;
+        // The spec follows the instance: its disks now live where the destination put them.
+        const spec = c.disks ? { ...instance.spec, disks: c.disks } : instance.spec;
         this.db
           .prepare(`UPDATE instances SET host = ?, state = 'running', spec = ?, updated_at = ? WHERE id = ?`)
           .run(c.destination, JSON.stringify(spec), t, instance.id);

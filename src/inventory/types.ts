@@ -1,5 +1,5 @@
 // Records the inventory hands out. Plain data: they cross Temporal activity boundaries as JSON.
-import type { HypervisorKind, InstanceSpec } from '../drivers/driver.js';
+import type { HypervisorKind, InstanceSpec } from '../shared/instance.js';
 import type { Phase } from '../shared/names.js';
 
 export type NodeState = 'up' | 'down' | 'drain';

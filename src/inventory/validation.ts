@@ -2,6 +2,7 @@
 // file names, QMP ids and SQL, so hostile or malformed ones are refused before any statement runs.
 import { z } from 'zod';
 import { ID_PATTERN, PHASES } from '../shared/names.js';
+import { VDEV_PATTERN } from '../shared/instance.js';
 import { FerryError, ErrorTypes } from '../shared/errors.js';
 
 /** Migration ids are wider than instance ids (a workflow id plus a run id), still file-name safe. */
@@ -40,18 +41,33 @@ export type NodeInput = z.input<typeof nodeInputSchema>;
 export const nodeStateSchema = z.enum(['up', 'down', 'drain']);
 export const instanceStateSchema = z.enum(['running', 'migrating', 'stopped']);
 
-// Mirrors InstanceSpec of src/drivers/driver.ts; unknown keys are kept for forward compatibility.
+const hostPath = z.string().min(1).max(4096).refine((p) => p.startsWith('/') && !/[\0\n]/.test(p), 'must be an absolute path without NUL or line breaks');
+
+export const diskSpecSchema = z.strictObject({
+  vdev: z.string().regex(VDEV_PATTERN, 'must be 2-16 characters of a-z and 0-9, starting with a letter'),
+  kind: z.enum(['file', 'lv']),
+  path: hostPath,
+  format: z.enum(['raw', 'qcow2']),
+  bytes: positive,
+});
+
+// Mirrors InstanceSpec of src/shared/instance.ts; unknown keys are kept for forward compatibility.
 export const instanceSpecSchema = z.looseObject({
   id: idSchema,
   hypervisor: z.enum(['qemu', 'xen']),
   vcpus: positive,
   memoryMiB: positive,
-  diskBytes: positive,
-  diskPath: z.string().min(1).max(4096).refine((p) => !p.includes('\0'), 'must not contain NUL'),
+  disks: z
+    .array(diskSpecSchema)
+    .min(1, 'an instance needs at least one disk')
+    .max(64)
+    .refine((ds) => new Set(ds.map((d) => d.vdev)).size === ds.length, 'two disks share a vdev'),
+  nics: z.array(z.strictObject({ mac: z.string().regex(/^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/, 'must be a lower-case MAC').optional(), bridge: z.string().max(15).optional() })).optional(),
   boot: z
     .strictObject({ kernel: z.string().min(1), initrd: z.string().optional(), append: z.string().optional() })
     .optional(),
   guestType: z.enum(['pv', 'pvh', 'hvm']).optional(),
+  startedBy: z.enum(['ferry', 'xl create', 'libvirt']).optional(),
   servicePort: z.number().int().min(1).max(65535).optional(),
   extra: z.record(z.string(), z.unknown()).optional(),
 });
@@ -77,12 +93,12 @@ export const commitInputSchema = z.strictObject({
   instanceId: idSchema,
   source: idSchema,
   destination: idSchema,
-  /** Where the disk lives on the destination, when its path differs from the source's. */
-  diskPath: z.string().min(1).max(4096).refine((p) => !p.includes('\0'), 'must not contain NUL').optional(),
+  /** The guest's disks as the destination holds them (their paths may differ from the source's). */
+  disks: z.array(diskSpecSchema).min(1).max(64).optional(),
 });
 export type CommitInput = z.input<typeof commitInputSchema>;
 
-export const beginInputSchema = commitInputSchema.omit({ diskPath: true });
+export const beginInputSchema = commitInputSchema.omit({ disks: true });
 export type BeginInput = z.input<typeof beginInputSchema>;
 
 export const phaseSchema = z.enum([...PHASES, 'rolling-back', 'rolled-back', 'failed']);

@@ -8,8 +8,9 @@ import { existsSync } from 'node:fs';
 import type { Client } from '@temporalio/client';
 import { startQemuLab } from './qemu-lab.js';
 import { startXenMigrationLab } from './xen/xen-migration-lab.js';
+import { labDiskPath, type LabDisk } from './xen/lab-guest.js';
 import type { Inventory } from '../inventory/index.js';
-import type { InstanceSpec } from '../drivers/driver.js';
+import { totalDiskBytes, type InstanceSpec } from '../shared/instance.js';
 import { startProber, quiesce, stat } from './guest-client.js';
 import { CONTROL_TASK_QUEUE, MIGRATE_WORKFLOW_TYPE, migrationWorkflowId } from '../shared/names.js';
 import { SA_DESTINATION, SA_INSTANCE } from '../shared/search-attributes.js';
@@ -45,6 +46,7 @@ interface DemoLab {
 }
 
 const log = (l: string) => say(`[lab] ${l}`);
+const MiB = 1024 * 1024;
 const memoryMiB = Number(opts.memory);
 
 async function startDemoLab(): Promise<DemoLab> {
@@ -64,7 +66,7 @@ async function startDemoLab(): Promise<DemoLab> {
         return lab.bootGuest({ id, node: 'node-a', memoryMiB, diskMiB, rate: 5, contentDir: '/usr/share/doc' });
       },
       addresses: async (spec) => lab.serviceAddresses(spec),
-      sourceCleaned: async (spec) => !existsSync(spec.diskPath),
+      sourceCleaned: async (spec) => !existsSync(spec.disks[0]!.path),
       close: () => lab.close({ killGuests: true }),
     };
   }
@@ -73,18 +75,27 @@ async function startDemoLab(): Promise<DemoLab> {
     say('[lab] starting the controller worker and a node worker per Xen host (each drives its dom0 over SSH)');
     await lab.startWorkers();
     const diskMiB = Number(opts.disk ?? 64);
+    // An operator's guest: its root disk an LV in the host's volume group, a data disk an image file.
+    const disks: LabDisk[] = [
+      { vdev: 'xvda', kind: 'lv', bytes: diskMiB * MiB },
+      { vdev: 'xvdb', kind: 'file', bytes: 16 * MiB },
+    ];
     return {
       client: lab.client,
       inventory: lab.inventory,
       source: 'xa',
       destination: 'xb',
       uiUrl: lab.temporal.uiUrl,
-      boot(id) {
-        say(`[lab] booting PVH domain ${id} on Xen host xa: ${memoryMiB} MiB memory, ${diskMiB} MiB disk with an ext4 file system of /usr/share/perl`);
-        return lab.bootGuest({ id, node: 'xa', memoryMiB, diskMiB, rate: 5, contentDir: '/usr/share/perl' });
+      async boot(id) {
+        say(`[lab] on Xen host xa, as an operator would: lvcreate ${labDiskPath(id, disks[0]!)} (${diskMiB} MiB, an ext4 of /usr/share/perl), an image file ${labDiskPath(id, disks[1]!)} (16 MiB), /etc/xen/${id}.cfg, xl create`);
+        await lab.createGuest({ id, node: 'xa', memoryMiB, rate: 5, disks, contentDir: '/usr/share/perl' });
+        say(`[ferry] ferry node sync xa`);
+        const sync = await lab.sync('xa');
+        say(`[ferry] xa: added ${sync.added.join(', ') || 'none'}${sync.refused.map((x) => `; cannot migrate ${x.name}: ${x.reason}`).join('')}`);
+        return lab.inventory.getInstance(id).spec;
       },
       addresses: () => lab.serviceAddresses(),
-      sourceCleaned: async (spec) => (await lab.leftovers(spec, 'xa')).length === 0,
+      sourceCleaned: async (spec) => (await lab.leftovers(spec.id, disks, 'xa')).length === 0,
       close: () => lab.close(),
     };
   }
@@ -151,7 +162,9 @@ async function main(): Promise<number> {
       bytesOnWire: (r?.diskWireBytes ?? 0) + (r?.memoryBytes ?? 0),
       diskWireBytes: r?.diskWireBytes ?? 0,
       memoryBytes: r?.memoryBytes ?? 0,
-      diskBytes: spec.diskBytes,
+      diskBytes: totalDiskBytes(spec),
+      startedBy: spec.startedBy ?? 'ferry',
+      disks: spec.disks.map((d) => ({ vdev: d.vdev, kind: d.kind, bytes: d.bytes, identical: r?.disksIdentical?.[d.vdev] === true })),
       rounds: r?.rounds ?? 0,
       diskIdentical: r?.diskIdentical === true,
       guestCounterContinued: !probe.counterReset && (probe.lastCounter ?? 0) > (probe.firstCounter ?? 0),

@@ -16,7 +16,7 @@ import { ensureGuestImage, guestAppend } from './guest-image.js';
 import { openInventory, type Inventory } from '../inventory/index.js';
 import { loadConfig } from '../config/index.js';
 import { connectClient } from '../workers/connection.js';
-import type { InstanceSpec } from '../drivers/driver.js';
+import type { InstanceSpec } from '../shared/instance.js';
 import { migrationWorkflowId } from '../shared/names.js';
 import { labWorkers, makeDisk, nodeScript, repoRoot, runToEnd, waitForPollers } from './lab-common.js';
 
@@ -154,14 +154,14 @@ export async function startQemuLab(opts: LabOptions = {}) {
         hypervisor: 'qemu',
         vcpus: 1,
         memoryMiB: g.memoryMiB ?? 128,
-        diskBytes,
-        diskPath,
+        disks: [{ vdev: 'vda', kind: 'file', path: diskPath, format: 'raw', bytes: diskBytes }],
         boot: {
           kernel: image.kernel,
           initrd: image.initrd,
           append: guestAppend({ rate: g.rate ?? 5, recbase, burst: g.burstKiB, span: g.spanMiB, spanbase: g.spanMiB ? Math.max(1, recbase - g.spanMiB) : undefined }),
         },
         servicePort: g.servicePort ?? 17000 + Math.floor(Math.random() * 1000),
+        startedBy: 'ferry',
       };
       const [cmd, ...rest] = nodeScript('boot-guest');
       await runToEnd(runInNamespace(n.netns, cmd!, [...rest, JSON.stringify(spec)], { env: { ...process.env, FERRY_STATE_DIR: stateDir }, stdio: ['ignore', 'pipe', 'pipe'] }), `boot ${g.id} on ${nodeName}`);

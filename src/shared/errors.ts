@@ -12,6 +12,8 @@ export const ErrorTypes = {
   DestinationDiskFull: 'DestinationDiskFull',
   WontConverge: 'WontConverge',
   PvNeedsShadowPaging: 'PvNeedsShadowPaging',
+  /** A disk Ferry cannot track writes under (a snapshot origin, a qdisk backend, no blktrace): refused before any side effect. */
+  CannotTrack: 'CannotTrack',
   BadInput: 'BadInput',
   BadFrame: 'BadFrame',
   AuthFailed: 'AuthFailed',
@@ -36,6 +38,7 @@ export const NON_RETRYABLE: ErrorType[] = [
   ErrorTypes.DestinationDiskFull,
   ErrorTypes.WontConverge,
   ErrorTypes.PvNeedsShadowPaging,
+  ErrorTypes.CannotTrack,
   ErrorTypes.BadInput,
   ErrorTypes.AuthFailed,
   ErrorTypes.MigrationRefused,

@@ -10,6 +10,23 @@ export interface MigrateInput {
   options?: Partial<MigrationOptions>;
 }
 
+export interface SyncNodeInput {
+  node: string;
+}
+
+/** What `ferry node sync` reports (the inventory's SyncReport, plus what the host could not offer). */
+export interface SyncNodeResult {
+  node: string;
+  added: string[];
+  updated: string[];
+  unchanged: string[];
+  conflicts: { id: string; reason: string }[];
+  missing: string[];
+  overCapacity: boolean;
+  /** Guests the host runs that Ferry cannot migrate, with the reason. */
+  refused: { name: string; reason: string }[];
+}
+
 export interface PhaseEvent {
   phase: Phase;
   at: number;
@@ -55,6 +72,8 @@ export interface MigrationResult {
   memoryBytes: number;
   rounds: number;
   diskIdentical?: boolean;
+  /** With verifyDisk: per disk (by vdev), whether both sides' SHA-256 matched. */
+  disksIdentical?: Record<string, boolean>;
   timeline: PhaseEvent[];
 }
 

@@ -15,6 +15,13 @@ export function migrationWorkflowId(instanceId: string): string {
 
 export const MIGRATE_WORKFLOW_TYPE = 'migrateInstance';
 
+/** One sync of a node at a time. */
+export function syncWorkflowId(node: string): string {
+  return `sync-${node}`;
+}
+
+export const SYNC_WORKFLOW_TYPE = 'syncNode';
+
 /** Identifiers accepted for instances and nodes: they end up in file names and QMP ids. */
 export const ID_PATTERN = /^[a-z0-9][a-z0-9-]{0,62}$/;
 

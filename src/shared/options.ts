@@ -18,6 +18,8 @@ export interface MigrationOptions {
   tls: boolean;
   /** Hash both disks while both sides are paused, before the point of no return. Default false. */
   verifyDisk: boolean;
+  /** After success, keep the source's disks renamed aside (`<name>.ferry-migrated`) instead of removing them. Default false. */
+  keepSourceDisks: boolean;
   /**
    * Breakpoints: after finishing each named phase the workflow holds until a `proceed` signal (or a
    * cancel). Operators use `memory` to approve the switchover in a maintenance window; tests use
@@ -34,6 +36,7 @@ export const DEFAULT_OPTIONS: MigrationOptions = {
   maxRounds: 8,
   tls: true,
   verifyDisk: false,
+  keepSourceDisks: false,
   holdAfter: [],
 };
 

@@ -1,1 +1,2 @@
 export { migrateInstance } from './migrate-instance.js';
+export { syncNode } from './sync-node.js';

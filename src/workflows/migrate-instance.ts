@@ -31,6 +31,7 @@ import {
 } from '../shared/messages.js';
 import { SA_DESTINATION, SA_INSTANCE, SA_OUTCOME, SA_PHASE, SA_SOURCE } from '../shared/search-attributes.js';
 import { projectFinalRoundMs } from '../dataplane/projection.js';
+import { totalDiskBytes } from '../shared/instance.js';
 
 const retry = { nonRetryableErrorTypes: NON_RETRYABLE, maximumAttempts: 5, initialInterval: '1s' };
 
@@ -95,7 +96,7 @@ export async function migrateInstance(input: MigrateInput): Promise<MigrationRes
     timeline: [],
   };
   let cancelReason: string | undefined;
-  // True while a hypervisor moves memory in a call that also hands the guest over (xl migrate).
+  // True while the hypervisor moves memory in a call that also hands the guest over.
   let memoryUninterruptible = false;
   // Everything before the point of no return runs in this scope; cancelling it rolls back.
   const beforeSwitchover = new CancellationScope();
@@ -120,7 +121,7 @@ export async function migrateInstance(input: MigrateInput): Promise<MigrationRes
       validator: (_reason: string) => {
         if (memoryUninterruptible) {
           throw ApplicationFailure.nonRetryable(
-            `cannot cancel now: xl migrate is moving ${input.instanceId}'s memory to ${input.destination} and hands the guest over at its end; it cannot be interrupted safely. If it fails the migration rolls back by itself, otherwise it finishes.`,
+            `cannot cancel now: the hypervisor is moving ${input.instanceId}'s memory to ${input.destination} and hands the guest over at its end; it cannot be interrupted safely. If it fails the migration rolls back by itself, otherwise it finishes.`,
             'TooLateToCancel',
           );
         }
@@ -166,7 +167,7 @@ export async function migrateInstance(input: MigrateInput): Promise<MigrationRes
   ]);
   const src = nodeActivities(source.name);
   const dst = nodeActivities(destination.name);
-  await Promise.all([src.quick.checkSource({ spec }), dst.quick.checkDestination({ migrationId, spec })]);
+  const [facts] = await Promise.all([src.quick.checkSource({ spec }), dst.quick.checkDestination({ migrationId, spec })]);
 
   // Compensations, pushed as each step succeeds and run in reverse on rollback.
   const undo: { name: string; run: () => Promise<unknown> }[] = [];
@@ -175,10 +176,10 @@ export async function migrateInstance(input: MigrateInput): Promise<MigrationRes
   let pausedAt = 0;
   let resumedAt = 0;
   let diskIdentical: boolean | undefined;
-  let destDiskPath: string | undefined;
+  let disksIdentical: Record<string, boolean> | undefined;
   let memory: { totalMs: number; downtimeMs?: number; transferredBytes: number; note?: string } = { totalMs: 0, transferredBytes: 0 };
-  // Xen: `xl migrate -p` hands the guest over (paused on the destination) before the final sync.
-  const memoryHandsOver = spec.hypervisor === 'xen';
+  // Where the hypervisor hands over decides where the final sync runs (HypervisorDriver.handover).
+  const memoryHandsOver = facts.handover === 'paused-on-destination';
   let handedOver = false;
   let dest!: Awaited<ReturnType<NodeActivities['prepareDestination']>>;
 
@@ -188,7 +189,7 @@ export async function migrateInstance(input: MigrateInput): Promise<MigrationRes
     const via = forward ? src.forward : src.long;
     for (let attempt = 1; ; attempt++) {
       try {
-        const r = await via.sendDisk({ migrationId, spec, endpoint: dest.endpoint, streamId, round, options });
+        const r = await via.sendDisk({ migrationId, spec, endpoints: dest.endpoints, streamId, round, options });
         diskWireBytes += r.wireBytes;
         return r;
       } catch (err) {
@@ -199,28 +200,30 @@ export async function migrateInstance(input: MigrateInput): Promise<MigrationRes
     }
   };
 
-  /** The last dirty blocks, with the source stopped; then, if asked, both disks' digests. */
+  /** The last dirty blocks, with the source stopped; then, if asked, every disk's digests on both sides. */
   const finalSync = async (forward: boolean) => {
     rounds += 1;
     await stream('final', rounds, forward);
     if (!options.verifyDisk) return;
     const digests = async () => {
       const [s, d] = forward ? [src.forward, dst.forward] : [src.long, dst.long];
-      return Promise.all([s.digestDisk({ spec, side: 'source' }), d.digestDisk({ spec, side: 'destination' })]);
+      return Promise.all([s.digestDisks({ spec, side: 'source' }), d.digestDisks({ spec, side: 'destination' })]);
     };
+    const differ = (x: Record<string, string>, y: Record<string, string>) => spec.disks.some((disk) => x[disk.vdev] !== y[disk.vdev]);
     let [a, b] = await digests();
-    if (a !== b && forward) {
-      // No rollback once handed over: resend the whole (stopped) source disk, then check again.
-      log.error('disk digests differ after the final sync; resending the whole disk', { source: a, destination: b });
+    if (differ(a, b) && forward) {
+      // No rollback once handed over: resend the whole (stopped) source disks, then check again.
+      log.error('disk digests differ after the final sync; resending the whole disks', { source: a, destination: b });
       await stream('final-full', undefined, true);
       [a, b] = await digests();
     }
-    diskIdentical = a === b;
+    disksIdentical = Object.fromEntries(spec.disks.map((disk) => [disk.vdev, a[disk.vdev] === b[disk.vdev]]));
+    diskIdentical = !differ(a, b);
     if (!diskIdentical) {
       throw ApplicationFailure.nonRetryable(
         forward
-          ? `disk digests differ after the final sync (source ${a}, destination ${b}); ${spec.id} waits paused on ${destination.name} and the inventory still names ${source.name}: inspect both disks`
-          : `disk digests differ after the final sync (source ${a}, destination ${b}); rolled back, the source keeps running`,
+          ? `disk digests differ after the final sync (source ${JSON.stringify(a)}, destination ${JSON.stringify(b)}); ${spec.id} waits paused on ${destination.name} and the inventory still names ${source.name}: inspect both disks`
+          : `disk digests differ after the final sync (source ${JSON.stringify(a)}, destination ${JSON.stringify(b)}); rolled back, the source keeps running`,
         'DiskMismatch',
       );
     }
@@ -238,7 +241,6 @@ export async function migrateInstance(input: MigrateInput): Promise<MigrationRes
       enter('prepare');
       undo.push({ name: 'remove destination', run: () => dst.quick.abortDestination({ migrationId, spec }) });
       dest = await dst.quick.prepareDestination({ migrationId, spec, tls: options.tls });
-      destDiskPath = dest.diskPath;
       await hold('prepare');
 
       // --- 4. dirty tracking on the source disk, before the first byte is read ---
@@ -285,13 +287,15 @@ export async function migrateInstance(input: MigrateInput): Promise<MigrationRes
           migrationId,
           spec,
           memoryUri: dest.memoryUri,
+          destinationDisks: dest.disks,
           options,
           memoryDowntimeMs: memoryDowntimeMs(options.downtimeMs, progress.projectedDowntimeMs),
         });
       if (memoryHandsOver) {
-        // xl migrate cannot be interrupted safely: cancel requests are refused while it runs and
-        // Temporal cancellation is shielded. A failure still rolls back (the guest is resumed on
-        // the source, or the driver found it there); success means the destination holds it.
+        // A memory step that hands over cannot be interrupted safely: cancel requests are refused
+        // while it runs and Temporal cancellation is shielded. A failure still rolls back (the
+        // guest is resumed on the source, or the driver found it there); success means the
+        // destination holds it, paused.
         memoryUninterruptible = true;
         try {
           await CancellationScope.nonCancellable(migrateMemory);
@@ -335,8 +339,8 @@ export async function migrateInstance(input: MigrateInput): Promise<MigrationRes
 
   // === POINT OF NO RETURN ===
   // Until here the source held the only running copy and every step had an undo. `switchover`
-  // lets QEMU send the last memory pages and CPU state (for Xen, `xl migrate` already did, and
-  // the final sync happens here); from then on the destination is the instance and the workflow
+  // lets the hypervisor send the last memory pages and CPU state (a driver that hands over paused
+  // on the destination already did, and the final sync happens here); from then on the destination is the instance and the workflow
   // only rolls forward: cancel requests are refused, Temporal cancellation is shielded, and
   // failed steps are retried until they succeed.
   progress.pastPointOfNoReturn = true;
@@ -356,11 +360,11 @@ export async function migrateInstance(input: MigrateInput): Promise<MigrationRes
 
     // --- 9. commit the inventory: one idempotent transaction ---
     enter('commit');
-    await controlForward.commitMigration({ migrationId, instanceId: spec.id, source: source.name, destination: destination.name, diskPath: destDiskPath });
+    await controlForward.commitMigration({ migrationId, instanceId: spec.id, source: source.name, destination: destination.name, disks: dest.disks });
 
     // --- 10. clean up the source ---
     enter('cleanup');
-    await srcForward.retire({ spec });
+    await srcForward.retire({ spec, keepDisks: options.keepSourceDisks });
     await dstForward.closeReceiver({ migrationId });
     enter('done');
     upsertSearchAttributes([{ key: SA_OUTCOME, value: 'migrated' }]);
@@ -379,11 +383,12 @@ export async function migrateInstance(input: MigrateInput): Promise<MigrationRes
       totalMs: Date.now() - started,
       downtimeMs: pausedAt && resumedAt ? resumedAt - pausedAt : 0,
       hypervisorDowntimeMs: memory.downtimeMs,
-      diskBytes: spec.diskBytes,
+      diskBytes: totalDiskBytes(spec),
       diskWireBytes,
       memoryBytes: memory.transferredBytes,
       rounds,
       diskIdentical,
+      disksIdentical,
       timeline: progress.timeline,
     };
   }

@@ -36,7 +36,7 @@ describe('ferry CLI', () => {
     expect(JSON.parse((await run('ferry', ['node', 'list', '--json'])).stdout)).toEqual([]);
     const add = await run('ferry', ['node', 'add', 'node-x', '--hypervisor', 'qemu', '--data-address', '127.0.0.1', '--vcpus', '4', '--memory', '4GiB', '--disk', '10GiB', '--json']);
     expect(add.code, add.stderr).toBe(0);
-    const spec = { hypervisor: 'qemu', vcpus: 1, memoryMiB: 512, diskBytes: 1 << 30, diskPath: '/var/lib/x.raw' };
+    const spec = { hypervisor: 'qemu', vcpus: 1, memoryMiB: 512, disks: [{ vdev: 'vda', kind: 'file', path: '/var/lib/x.raw', format: 'raw', bytes: 1 << 30 }] };
     const inst = await run('ferry', ['instance', 'add', 'i-1', '--host', 'node-x', '--spec', JSON.stringify(spec)]);
     expect(inst.code, inst.stderr).toBe(0);
     const nodes = JSON.parse((await run('ferry', ['node', 'list', '--json'])).stdout);

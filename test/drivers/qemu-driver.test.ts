@@ -1,5 +1,5 @@
 // The qemu driver against real QEMU guests in the two lab namespaces: boot, dirty rounds, a full
-// migration with the disk copied through openDisk()/destinationDiskPath(), and a cancel.
+// migration with the disk copied through openDisk()/destinationDisks(), and a cancel.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createHash } from 'node:crypto';
 import { createReadStream, existsSync } from 'node:fs';
@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { createQemuDriver, type QemuDriver } from '../../src/drivers/qemu/qemu-driver.js';
 import { instancePaths, livePid, stopQemu } from '../../src/drivers/qemu/qemu-process.js';
-import type { InstanceSpec } from '../../src/drivers/driver.js';
+import { totalDiskBytes, type InstanceSpec } from '../../src/shared/instance.js';
 import type { Extent } from '../../src/shared/extents.js';
 import { FerryError } from '../../src/shared/errors.js';
 import { ensureGuestImage, guestAppend } from '../../src/labs/guest-image.js';
@@ -18,6 +18,8 @@ import { migrateNative } from '../../src/drivers/qemu/native-migration.js';
 import { guestRequest, sleep, stat, waitForStat } from './guest-service.js';
 
 const MiB = 1024 * 1024;
+/** The lab guests' one disk. */
+const VDEV = 'vda';
 const A = labNodes['node-a'];
 const B = labNodes['node-b'];
 
@@ -34,8 +36,8 @@ function guestSpec(id: string, extra: Record<string, unknown> = {}, rate = 5): I
     hypervisor: 'qemu',
     vcpus: 1,
     memoryMiB: 128,
-    diskBytes: 64 * MiB,
-    diskPath: join(tmp, 'node-a', 'disks', `${id}.raw`),
+    disks: [{ vdev: VDEV, kind: 'file', path: join(tmp, 'node-a', 'disks', `${id}.raw`), format: 'raw', bytes: 64 * MiB }],
+    startedBy: 'ferry',
     boot: { kernel: image.kernel, initrd: image.initrd, append: guestAppend({ rate, recbase: 1 }) },
     servicePort: 20000 + Math.floor(Math.random() * 10000),
     extra,
@@ -50,10 +52,22 @@ async function sha256(file: string): Promise<string> {
   return h.digest('hex');
 }
 
+/** Where the destination driver puts the guest's one disk. */
+function destinationPath(dst: QemuDriver, spec: InstanceSpec): string {
+  return dst.destinationDisks(spec)[0]!.path;
+}
+
+/** One round of the guest's one disk: the driver keys it by vdev and names no other disk. */
+async function takeRound(drv: QemuDriver, spec: InstanceSpec, round: number): Promise<Extent[]> {
+  const byDisk = await drv.takeDirtyRound(spec, round);
+  expect(Object.keys(byDisk)).toEqual([VDEV]);
+  return byDisk[VDEV]!;
+}
+
 /** The test's stand-in for the data plane: positioned writes of what openDisk() reads. */
 async function copyExtents(src: QemuDriver, dst: QemuDriver, spec: InstanceSpec, extents: Extent[]): Promise<void> {
-  const source = await src.openDisk(spec);
-  const fh = await open(dst.destinationDiskPath(spec), 'r+');
+  const source = await src.openDisk(spec, VDEV);
+  const fh = await open(destinationPath(dst, spec), 'r+');
   try {
     for (const e of extents) {
       for (let off = e.offset; off < e.offset + e.length; off += MiB) {
@@ -117,17 +131,17 @@ describe('qemu driver: one guest', () => {
     for (let r = 1; r <= 2; r++) {
       await sleep(2000);
       const lo = (await stat(A.mgmtAddress, port)).seq;
-      const extents = await drvA.takeDirtyRound(spec, r);
+      const extents = await takeRound(drvA, spec, r);
       const hi = (await stat(A.mgmtAddress, port)).seq;
       rounds.push({ extents, lo, hi });
     }
     // A retried activity asks for the same round again: same answer, no new round consumed.
-    expect(await drvA.takeDirtyRound(spec, 2)).toEqual(rounds[1]!.extents);
+    expect(await takeRound(drvA, spec, 2)).toEqual(rounds[1]!.extents);
 
     const q = await guestRequest(A.mgmtAddress, port, 'quiesce');
     const last = Number(/^quiesced seq=(\d+)$/.exec(q)?.[1] ?? NaN);
     expect(last).toBeGreaterThan(rounds[1]!.hi - 1);
-    const finalExtents = await drvA.takeDirtyRound(spec, 3);
+    const finalExtents = await takeRound(drvA, spec, 3);
     rounds.push({ extents: finalExtents, lo: last, hi: last });
 
     const seen = new Map<number, number>();
@@ -163,9 +177,9 @@ describe('qemu driver: one guest', () => {
   it('refuses to retire a running instance, and rejects bad input before touching anything', async () => {
     await expect(drvA.retire(spec)).rejects.toBeInstanceOf(FerryError);
     expect(await drvA.state(spec)).toBe('running');
-    expect(existsSync(spec.diskPath)).toBe(true);
+    expect(existsSync(spec.disks[0]!.path)).toBe(true);
     await expect(drvA.start({ ...spec, id: '../etc' })).rejects.toThrow(/bad instance id/);
-    await expect(drvB.migrateMemory(spec, 'exec:rm -rf /', { downtimeMs: 100 })).rejects.toThrow(/bad memory URI/);
+    await expect(drvB.migrateMemory(spec, 'exec:rm -rf /', { downtimeMs: 100, destinationDisks: drvB.destinationDisks(spec) })).rejects.toThrow(/bad memory URI/);
     await stopQemu(drvA.paths(spec), 0);
     expect(await drvA.state(spec)).toBe('absent');
   });
@@ -187,21 +201,21 @@ describe('qemu driver: migration between the two lab nodes', () => {
     expect(await drvB.prepareDestination(spec, { listenHost: B.dataAddress })).toEqual({ memoryUri });
     expect(await drvB.state(spec)).toBe('incoming');
 
-    await copyExtents(drvA, drvB, spec, [{ offset: 0, length: spec.diskBytes }]);
+    await copyExtents(drvA, drvB, spec, [{ offset: 0, length: totalDiskBytes(spec) }]);
     for (let r = 1; r <= 2; r++) {
       await sleep(1000);
-      await copyExtents(drvA, drvB, spec, await drvA.takeDirtyRound(spec, r));
+      await copyExtents(drvA, drvB, spec, await takeRound(drvA, spec, r));
     }
     const beforeMove = await stat(A.mgmtAddress, spec.servicePort!);
 
     const progress: string[] = [];
-    await drvA.migrateMemory(spec, memoryUri, { downtimeMs: 300, onProgress: (p) => progress.push(p.status) });
+    await drvA.migrateMemory(spec, memoryUri, { downtimeMs: 300, destinationDisks: drvB.destinationDisks(spec), onProgress: (p) => progress.push(p.status) });
     expect(await drvA.state(spec)).toBe('paused');
-    await copyExtents(drvA, drvB, spec, await drvA.takeDirtyRound(spec, 3));
+    await copyExtents(drvA, drvB, spec, await takeRound(drvA, spec, 3));
     await drvA.stopDirtyTracking(spec);
 
     // Both paused: the destination disk must be byte-identical to the source's.
-    expect(await sha256(drvB.destinationDiskPath(spec))).toBe(await sha256(spec.diskPath));
+    expect(await sha256(destinationPath(drvB, spec))).toBe(await sha256(spec.disks[0]!.path));
 
     // A node worker restarted here: a fresh driver finds the QEMU again through the state dir.
     const restartedA = createQemuDriver({ stateDir: drvA.stateDir, netns: A.netns });
@@ -226,7 +240,7 @@ describe('qemu driver: migration between the two lab nodes', () => {
     await drvA.retire(spec);
     await drvA.retire(spec); // idempotent
     expect(await drvA.state(spec)).toBe('absent');
-    expect(existsSync(spec.diskPath)).toBe(false);
+    expect(existsSync(spec.disks[0]!.path)).toBe(false);
     expect(existsSync(drvA.paths(spec).dir)).toBe(false);
   });
 
@@ -236,7 +250,7 @@ describe('qemu driver: migration between the two lab nodes', () => {
     await waitForStat(A.mgmtAddress, spec.servicePort!);
     await drvA.startDirtyTracking(spec);
     const { memoryUri } = await drvB.prepareDestination(spec, { listenHost: B.dataAddress });
-    await drvA.migrateMemory(spec, memoryUri, { downtimeMs: 300 });
+    await drvA.migrateMemory(spec, memoryUri, { downtimeMs: 300, destinationDisks: drvB.destinationDisks(spec) });
     expect(await drvA.state(spec)).toBe('paused');
 
     await drvA.cancelMigration(spec);
@@ -251,8 +265,8 @@ describe('qemu driver: migration between the two lab nodes', () => {
     await drvB.abortDestination(spec);
     await drvB.abortDestination(spec); // idempotent
     expect(await drvB.state(spec)).toBe('absent');
-    expect(existsSync(drvB.destinationDiskPath(spec))).toBe(false);
-    expect(existsSync(spec.diskPath)).toBe(true);
+    expect(existsSync(destinationPath(drvB, spec))).toBe(false);
+    expect(existsSync(spec.disks[0]!.path)).toBe(true);
   });
 
   it('native baseline (blockdev-mirror + migrate) moves a guest with its disk', async () => {
@@ -271,7 +285,7 @@ describe('qemu driver: migration between the two lab nodes', () => {
     console.log(`native: ${JSON.stringify(res)}`);
     expect([...phases]).toEqual(['disk', 'memory']);
     expect(await drvA.state(spec)).toBe('absent');
-    expect(existsSync(spec.diskPath)).toBe(false);
+    expect(existsSync(spec.disks[0]!.path)).toBe(false);
     const after = await waitForStat(B.mgmtAddress, spec.servicePort!);
     expect(after.counter).toBeGreaterThanOrEqual(before.counter);
     expect(after.uptime).toBeGreaterThanOrEqual(before.uptime);
@@ -280,7 +294,7 @@ describe('qemu driver: migration between the two lab nodes', () => {
     const q = await guestRequest(B.mgmtAddress, spec.servicePort!, 'quiesce');
     const last = Number(/^quiesced seq=(\d+)$/.exec(q)?.[1] ?? NaN);
     expect(last).toBeGreaterThan(before.seq);
-    const fh = await open(drvB.destinationDiskPath(spec), 'r');
+    const fh = await open(destinationPath(drvB, spec), 'r');
     try {
       for (let n = 1; n <= last; n++) {
         const buf = Buffer.alloc(64);

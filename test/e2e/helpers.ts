@@ -8,7 +8,7 @@ import { CONTROL_TASK_QUEUE, MIGRATE_WORKFLOW_TYPE, migrationWorkflowId, type Ph
 import { progressQuery, type MigrateInput, type MigrationProgress, type MigrationResult } from '../../src/shared/messages.js';
 import { SA_DESTINATION, SA_INSTANCE } from '../../src/shared/search-attributes.js';
 import type { Lab } from '../../src/labs/qemu-lab.js';
-import type { InstanceSpec } from '../../src/drivers/driver.js';
+import type { InstanceSpec } from '../../src/shared/instance.js';
 import { stat, type GuestStat } from '../../src/labs/guest-client.js';
 
 export async function startMigration(lab: { client: Client }, input: MigrateInput): Promise<WorkflowHandle> {

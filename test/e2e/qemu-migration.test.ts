@@ -10,7 +10,7 @@ import { Worker } from '@temporalio/worker';
 import { startQemuLab, type Lab } from '../../src/labs/qemu-lab.js';
 import { startProber, quiesce } from '../../src/labs/guest-client.js';
 import { cancelUpdate, proceedSignal } from '../../src/shared/messages.js';
-import type { InstanceSpec } from '../../src/drivers/driver.js';
+import { totalDiskBytes, type InstanceSpec } from '../../src/shared/instance.js';
 import { workflowsPath } from '../../src/workers/workflows-path.js';
 import { guestAnswersOn, qemuProcessesOf, readRecords, result, startMigration, waitFor, waitForGuest } from './helpers.js';
 
@@ -116,12 +116,14 @@ describe('a live migration on the QEMU lab', () => {
 
     // Inventory: host is node-b, capacity moved, nothing reserved, nothing left on node-a.
     expect(lab.inventory.getInstance(spec.id).host).toBe('node-b');
+    // The recorded disk is the destination's file now, the rest of it as it was.
+    expect(lab.inventory.getInstance(spec.id).spec.disks).toEqual([{ ...spec.disks[0]!, path: destDisk }]);
     expect(countsOf('node-a').memoryMiB).toBe(beforeA.memoryMiB + 128);
     expect(countsOf('node-b').memoryMiB).toBe(beforeB.memoryMiB - 128 + 0);
     expect(countsOf('node-b').diskBytes).toBe(beforeB.diskBytes - 64 * MiB + 0);
     expect(lab.inventory.listReservations({ live: true })).toEqual([]);
     expect(lab.inventory.checkConsistency()).toEqual([]);
-    expect(existsSync(spec.diskPath), 'source disk removed').toBe(false);
+    expect(existsSync(spec.disks[0]!.path), 'source disk removed').toBe(false);
 
     const status = await ferryCli(['status', spec.id, '--json']);
     expect(status.code, status.stderr).toBe(0);
@@ -217,7 +219,7 @@ describe('a live migration on the QEMU lab', () => {
     expect(r.outcome).toBe('migrated');
     expect(r.diskIdentical).toBe(true);
     // Resumed, not restarted: the bulk stream did not send the whole disk twice.
-    expect(r.diskWireBytes).toBeLessThan(2 * spec.diskBytes);
+    expect(r.diskWireBytes).toBeLessThan(2 * totalDiskBytes(spec));
     await waitForGuest(lab, spec, 'node-b', 30_000);
     expect(await guestAnswersOn(lab, spec, 'node-a')).toBeNull();
     expect(lab.inventory.getInstance(spec.id).host).toBe('node-b');

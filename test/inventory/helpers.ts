@@ -2,7 +2,7 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { InstanceSpec } from '../../src/drivers/driver.js';
+import type { InstanceSpec } from '../../src/shared/instance.js';
 import { openInventory, type Inventory } from '../../src/inventory/index.js';
 
 export function tempDir(): { dir: string; cleanup: () => void } {
@@ -11,7 +11,14 @@ export function tempDir(): { dir: string; cleanup: () => void } {
 }
 
 export function spec(id: string, over: Partial<InstanceSpec> = {}): InstanceSpec {
-  return { id, hypervisor: 'qemu', vcpus: 1, memoryMiB: 128, diskBytes: 64 << 20, diskPath: `/var/lib/ferry/disks/${id}.raw`, ...over };
+  return {
+    id,
+    hypervisor: 'qemu',
+    vcpus: 1,
+    memoryMiB: 128,
+    disks: [{ vdev: 'vda', kind: 'file', path: `/var/lib/ferry/disks/${id}.raw`, format: 'raw', bytes: 64 << 20 }],
+    ...over,
+  };
 }
 
 /** node-a (roomy) and node-b (4 vCPU, 1024 MiB, 1 GiB disk), both qemu, plus xen node-x. */

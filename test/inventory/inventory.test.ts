@@ -58,7 +58,7 @@ describe('inventory', () => {
   it('stores nodes and instances and computes free capacity', () => {
     inv.addInstance({ spec: spec('i-1', { vcpus: 2, memoryMiB: 512 }), host: 'node-b' });
     expect(inv.getInstance('i-1')).toMatchObject({ host: 'node-b', state: 'running', memoryMiB: 512 });
-    expect(inv.getInstance('i-1').spec.diskPath).toBe('/var/lib/ferry/disks/i-1.raw');
+    expect(inv.getInstance('i-1').spec.disks[0].path).toBe('/var/lib/ferry/disks/i-1.raw');
     expect(inv.freeCapacity('node-b')).toEqual({ vcpus: 2, memoryMiB: 512, diskBytes: (1 << 30) - (64 << 20) });
     expect(inv.listInstances({ host: 'node-b' }).map((i) => i.id)).toEqual(['i-1']);
     expect(inv.setNodeState('node-b', 'drain').state).toBe('drain');
@@ -138,9 +138,13 @@ describe('inventory', () => {
     inv.addInstance({ spec: spec('i-1', { vcpus: 2, memoryMiB: 256 }), host: 'node-a' });
     const freeA = inv.freeCapacity('node-a');
     inv.reserve({ migrationId: 'm-1', instanceId: 'i-1', node: 'node-b', vcpus: 2, memoryMiB: 256, diskBytes: 64 << 20 });
-    const first = inv.commitMigration({ migrationId: 'm-1', instanceId: 'i-1', source: 'node-a', destination: 'node-b' });
+    // The destination keeps the disk elsewhere: the spec follows it.
+    const moved = [{ vdev: 'vda', kind: 'file' as const, path: '/srv/ferry/disks/i-1.raw', format: 'raw' as const, bytes: 64 << 20 }];
+    const first = inv.commitMigration({ migrationId: 'm-1', instanceId: 'i-1', source: 'node-a', destination: 'node-b', disks: moved });
     expect(first.changed).toBe(true);
     expect(first.instance).toMatchObject({ host: 'node-b', state: 'running' });
+    expect(first.instance.spec.disks).toEqual(moved);
+    expect(inv.getInstance('i-1').spec.disks).toEqual(moved);
     const state = () => ({
       instances: inv.listInstances(),
       reservations: inv.listReservations(),
@@ -148,7 +152,7 @@ describe('inventory', () => {
       migration: inv.getMigration('m-1'),
     });
     const afterFirst = state();
-    const second = inv.commitMigration({ migrationId: 'm-1', instanceId: 'i-1', source: 'node-a', destination: 'node-b' });
+    const second = inv.commitMigration({ migrationId: 'm-1', instanceId: 'i-1', source: 'node-a', destination: 'node-b', disks: moved });
     expect(second.changed).toBe(false);
     expect(state()).toEqual(afterFirst);
     // capacity moved: the source got its share back, the destination holds it once (not twice)
@@ -187,5 +191,52 @@ describe('inventory', () => {
       'reservation-live-after-commit:m-9',
     ]);
     expect(inv.checkConsistency().find((v) => v.kind === 'over-capacity')!.message).toMatch(/node-b/);
+  });
+
+  it('syncs what a node runs: adds once, updates what changed, reports what it must not touch', () => {
+    const first = inv.syncInstances('node-a', [spec('i-1'), spec('i-2', { vcpus: 2 })]);
+    expect(first).toMatchObject({ node: 'node-a', added: ['i-1', 'i-2'], updated: [], unchanged: [], conflicts: [], missing: [], overCapacity: false });
+    expect(inv.listInstances({ host: 'node-a' }).map((i) => [i.id, i.state, i.vcpus])).toEqual([['i-1', 'running', 1], ['i-2', 'running', 2]]);
+
+    // The same host, asked again: nothing new, nothing doubled.
+    const again = inv.syncInstances('node-a', [spec('i-1'), spec('i-2', { vcpus: 2 })]);
+    expect(again).toMatchObject({ added: [], updated: [], unchanged: ['i-1', 'i-2'], conflicts: [], missing: [] });
+    expect(inv.listInstances()).toHaveLength(2);
+
+    // The operator gave i-1 more memory: the record and the capacity it takes follow.
+    const freeBefore = inv.freeCapacity('node-a');
+    const changed = inv.syncInstances('node-a', [spec('i-1', { memoryMiB: 512 }), spec('i-2', { vcpus: 2 })]);
+    expect(changed).toMatchObject({ added: [], updated: ['i-1'], unchanged: ['i-2'] });
+    expect(inv.getInstance('i-1')).toMatchObject({ memoryMiB: 512, spec: { memoryMiB: 512 } });
+    expect(inv.freeCapacity('node-a').memoryMiB).toBe(freeBefore.memoryMiB - (512 - 128));
+    expect(inv.listInstances()).toHaveLength(2);
+
+    // What the file holds, read by a fresh connection.
+    inv.close();
+    inv = openInventory(path);
+    expect(inv.listInstances().map((i) => [i.id, i.host, i.memoryMiB])).toEqual([['i-1', 'node-a', 512], ['i-2', 'node-a', 128]]);
+    expect(inv.checkConsistency()).toEqual([]);
+  });
+
+  it('sync leaves alone a guest placed on another node, one it did not find, and one of the wrong hypervisor', () => {
+    inv.addInstance({ spec: spec('i-b', { memoryMiB: 256 }), host: 'node-b' });
+    inv.syncInstances('node-a', [spec('i-1'), spec('i-2')]);
+
+    // node-a says it runs i-b (with other memory), no longer runs i-2, and a xen guest.
+    const r = inv.syncInstances('node-a', [spec('i-1'), spec('i-b', { memoryMiB: 64 }), spec('i-x', { hypervisor: 'xen' })]);
+    expect(r.added).toEqual([]);
+    expect(r.updated).toEqual([]);
+    expect(r.unchanged).toEqual(['i-1']);
+    expect(r.conflicts.map((c) => c.id).sort()).toEqual(['i-b', 'i-x']);
+    expect(r.conflicts.find((c) => c.id === 'i-b')!.reason).toMatch(/node-b/);
+    expect(r.conflicts.find((c) => c.id === 'i-x')!.reason).toMatch(/xen/);
+    expect(r.missing).toEqual(['i-2']);
+
+    // Not moved, not changed; the missing one kept; the xen guest not recorded.
+    expect(inv.getInstance('i-b')).toMatchObject({ host: 'node-b', memoryMiB: 256, spec: { memoryMiB: 256 } });
+    expect(inv.getInstance('i-2')).toMatchObject({ host: 'node-a', state: 'running' });
+    expect(inv.findInstance('i-x')).toBeUndefined();
+    expect(inv.listInstances().map((i) => i.id).sort()).toEqual(['i-1', 'i-2', 'i-b']);
+    expect(inv.checkConsistency()).toEqual([]);
   });
 });

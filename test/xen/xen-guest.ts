@@ -1,11 +1,7 @@
-// Helpers for the Xen lab tests: the lab guest's spec and its request protocol, asked from dom0
-// (the guest sits on dom0's xenbr0 at 10.0.2.15, unreachable from the machine directly).
+// Helpers for the Xen lab tests: the lab guest's request protocol, asked from dom0 (the guest sits
+// on dom0's xenbr0 at 10.0.2.15, unreachable from the machine directly).
 import type { Executor } from '../../src/drivers/xen/executor.js';
 import { parseStat, type GuestStat } from '../../src/labs/guest-client.js';
-import { XEN_STATE_DIR, recordOffset, xenGuestSpec } from '../../src/labs/xen/lab-guest.js';
-
-export const STATE_DIR = XEN_STATE_DIR;
-export { xenGuestSpec, recordOffset };
 
 export async function guestStat(dom0: Executor): Promise<GuestStat> {
   const r = await dom0.run('busybox', ['nc', '-w', '3', '10.0.2.15', '7000'], { input: 'stat\n', timeoutMs: 10_000 });

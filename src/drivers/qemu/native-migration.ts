@@ -17,7 +17,7 @@ const EXPORT = 'ferry-native';
 const NBD_PORTS = Array.from({ length: 100 }, (_, i) => 10809 + i);
 
 export interface NativeMigrationInput {
-  /** The running instance (its `diskPath` is the source disk). */
+  /** The running instance (its one disk is the source disk). */
   spec: InstanceSpec;
   /** Driver settings of the source node and of the destination node. */
   source: QemuDriverOptions;
@@ -122,6 +122,7 @@ export async function migrateNative(input: NativeMigrationInput): Promise<Native
     await src.migrateMemory(spec, memoryUri, {
       downtimeMs: input.downtimeMs ?? 300,
       bandwidthBytesPerSec: input.bandwidthBytesPerSec,
+      destinationDisks: dst.destinationDisks(spec),
       onProgress: (p) => input.onProgress?.({ phase: 'memory', ...p }),
     });
     const tPaused = Date.now();

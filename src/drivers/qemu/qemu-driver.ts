@@ -2,10 +2,11 @@
 // All state lives in `<stateDir>/<instanceId>/` (sockets, pidfile, tracking rounds), so a worker
 // that restarts finds its instances again. See docs/qemu-driver.md.
 import { execFile } from 'node:child_process';
-import { access, mkdir, open, readFile, rm, stat, statfs, writeFile } from 'node:fs/promises';
+import { access, mkdir, open, readFile, rename, rm, stat, statfs, writeFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { promisify } from 'node:util';
-import type { HypervisorDriver, InstanceSpec, MemoryProgress, MemoryResult, RuntimeState } from '../driver.js';
+import type { HypervisorDriver, MemoryProgress, MemoryResult, RuntimeState } from '../driver.js';
+import { totalDiskBytes, type DiskSpec, type InstanceSpec } from '../../shared/instance.js';
 import type { BlockSource, DiskTarget } from '../../dataplane/types.js';
 import { openLocalDiskTarget } from '../../dataplane/disk-target.js';
 import type { Extent } from '../../shared/extents.js';
@@ -49,8 +50,13 @@ function memoryError(msg: string): FerryError {
   return new FerryError(ErrorTypes.MemoryMigrationFailed, msg);
 }
 
+/** What `retire({ keepDisks: true })` appends to the source disk's name. */
+export const MIGRATED_SUFFIX = '.ferry-migrated';
+
 export class QemuDriver implements HypervisorDriver {
   readonly kind = 'qemu' as const;
+  // QEMU's pause-before-switchover capability: the source pauses with its disk still readable.
+  readonly handover = 'pause-before-switchover' as const;
   readonly stateDir: string;
   readonly diskDir: string;
   private readonly pollMs: number;
@@ -88,21 +94,36 @@ export class QemuDriver implements HypervisorDriver {
   }
 
   async start(spec: InstanceSpec): Promise<void> {
-    this.checkSpec(spec);
+    const disk = this.checkSpec(spec);
     const p = this.paths(spec);
     if ((await livePid(p)) !== null) return;
-    await ensureDisk(spec.diskPath, spec.diskBytes);
-    await launchQemu({ spec, paths: p, diskPath: spec.diskPath, incoming: false, netns: this.opts.netns, qemuBinary: this.opts.qemuBinary });
+    await ensureDisk(disk.path, disk.bytes);
+    await launchQemu({ spec, paths: p, diskPath: disk.path, incoming: false, netns: this.opts.netns, qemuBinary: this.opts.qemuBinary });
   }
 
-  private checkSpec(spec: InstanceSpec): void {
+  /** Validates the spec and returns its one disk: QEMU's command line, tracking and export know one. */
+  private checkSpec(spec: InstanceSpec): DiskSpec {
     if (spec.hypervisor !== 'qemu') {
       throw new FerryError(ErrorTypes.HypervisorMismatch, `instance ${spec.id} is a ${spec.hypervisor} guest; this node runs QEMU`);
     }
-    if (!Number.isSafeInteger(spec.diskBytes) || spec.diskBytes <= 0 || spec.diskBytes % 512 !== 0) {
-      throw new FerryError(ErrorTypes.BadInput, `disk size ${spec.diskBytes} must be a positive multiple of 512`);
+    // `?? []`: a spec recorded before `disks` existed (it had diskPath) gets this message, not a TypeError.
+    const [disk, ...more] = spec.disks ?? [];
+    if (!disk || more.length > 0 || disk.kind !== 'file' || disk.format !== 'raw') {
+      const has = (spec.disks ?? []).map((d) => `${d.vdev} (${d.kind}, ${d.format})`).join(', ') || 'no disk';
+      throw new FerryError(ErrorTypes.BadInput, `the QEMU driver moves single-raw-disk guests (one raw image file); ${spec.id} has ${has}`);
+    }
+    if (!Number.isSafeInteger(disk.bytes) || disk.bytes <= 0 || disk.bytes % 512 !== 0) {
+      throw new FerryError(ErrorTypes.BadInput, `disk size ${disk.bytes} of ${spec.id}/${disk.vdev} must be a positive multiple of 512`);
     }
     this.paths(spec); // validates the id
+    return disk;
+  }
+
+  /** The spec's disk named `vdev`: a per-disk call for a disk the guest does not have is refused. */
+  private diskNamed(spec: InstanceSpec, vdev: string): DiskSpec {
+    const disk = this.checkSpec(spec);
+    if (vdev !== disk.vdev) throw new FerryError(ErrorTypes.BadInput, `instance ${spec.id} has no disk ${JSON.stringify(vdev)}; its one disk is ${disk.vdev}`);
+    return disk;
   }
 
   async checkMigratable(spec: InstanceSpec): Promise<void> {
@@ -126,34 +147,45 @@ export class QemuDriver implements HypervisorDriver {
 
   // --- destination side ---
 
-  destinationDiskPath(spec: InstanceSpec): string {
+  /** Where the destination disk lives: one file per instance, named by id (validated) alone. */
+  private destinationPath(spec: InstanceSpec): string {
     instancePaths(this.stateDir, spec.id);
     return join(this.diskDir, `${spec.id}.raw`);
   }
 
-  async destinationFreeBytes(spec: InstanceSpec): Promise<number> {
-    const dir = dirname(this.destinationDiskPath(spec));
-    await mkdir(dir, { recursive: true });
-    const fs = await statfs(dir);
-    return fs.bavail * fs.bsize;
+  destinationDisks(spec: InstanceSpec): DiskSpec[] {
+    return [{ ...this.checkSpec(spec), path: this.destinationPath(spec) }];
   }
 
-  openDestinationDisk(spec: InstanceSpec): Promise<DiskTarget> {
-    return openLocalDiskTarget(this.destinationDiskPath(spec));
+  async checkDestination(spec: InstanceSpec): Promise<void> {
+    const disks = this.destinationDisks(spec);
+    const dir = dirname(this.destinationPath(spec));
+    await mkdir(dir, { recursive: true });
+    const fs = await statfs(dir);
+    const free = fs.bavail * fs.bsize;
+    const need = totalDiskBytes({ disks });
+    if (free < need) {
+      throw new FerryError(ErrorTypes.DestinationDiskFull, `${free} bytes free in ${dir}, the disk of ${spec.id} needs ${need}`);
+    }
+  }
+
+  async openDestinationDisk(spec: InstanceSpec, vdev: string): Promise<DiskTarget> {
+    this.diskNamed(spec, vdev);
+    return openLocalDiskTarget(this.destinationPath(spec));
   }
 
   async prepareDestination(spec: InstanceSpec, opts: { listenHost: string }): Promise<{ memoryUri: string }> {
-    this.checkSpec(spec);
+    const source = this.checkSpec(spec);
     if (!/^[0-9a-zA-Z.-]{1,253}$/.test(opts.listenHost)) throw new FerryError(ErrorTypes.BadInput, `bad listen host ${JSON.stringify(opts.listenHost)}`);
     const p = this.paths(spec);
-    const disk = this.destinationDiskPath(spec);
-    if (resolve(disk) === resolve(spec.diskPath) && (await livePid(p)) === null && (await exists(disk))) {
+    const disk = this.destinationPath(spec);
+    if (resolve(disk) === resolve(source.path) && (await livePid(p)) === null && (await exists(disk))) {
       // The source's own disk on this very host: never overwrite it.
       throw new FerryError(ErrorTypes.InvalidDestination, `destination disk ${disk} is the source disk of ${spec.id}`);
     }
     if ((await livePid(p)) === null) {
       await rm(p.memoryUri, { force: true });
-      await ensureDisk(disk, spec.diskBytes);
+      await ensureDisk(disk, source.bytes);
       await launchQemu({ spec, paths: p, diskPath: disk, incoming: true, netns: this.opts.netns, qemuBinary: this.opts.qemuBinary });
     }
     try {
@@ -207,7 +239,7 @@ export class QemuDriver implements HypervisorDriver {
       throw new FerryError(ErrorTypes.DriverError, `refusing to abort ${spec.id} here: it already runs on this node`);
     }
     await stopQemu(p, 0);
-    await rm(this.destinationDiskPath(spec), { force: true });
+    await rm(this.destinationPath(spec), { force: true });
     await rm(p.dir, { recursive: true, force: true });
   }
 
@@ -219,11 +251,13 @@ export class QemuDriver implements HypervisorDriver {
     await startTracking(p, typeof g === 'number' ? g : DEFAULT_GRANULARITY);
   }
 
-  async takeDirtyRound(spec: InstanceSpec, round: number): Promise<Extent[]> {
-    return takeRound(await this.requireLive(spec), round);
+  async takeDirtyRound(spec: InstanceSpec, round: number): Promise<Record<string, Extent[]>> {
+    const disk = this.checkSpec(spec);
+    return { [disk.vdev]: await takeRound(await this.requireLive(spec), round) };
   }
 
-  async openDisk(spec: InstanceSpec): Promise<BlockSource> {
+  async openDisk(spec: InstanceSpec, vdev: string): Promise<BlockSource> {
+    this.diskNamed(spec, vdev);
     const p = await this.requireLive(spec);
     await withQmp(p.qmp, (q) => ensureExport(q, p, LIVE_EXPORT));
     return NbdBlockSource.open(p.nbd, LIVE_EXPORT);
@@ -239,10 +273,11 @@ export class QemuDriver implements HypervisorDriver {
     await withQmp(p.qmp, (q) => stopTracking(p, q));
   }
 
+  // opts.destinationDisks is not read: the destination QEMU opened its own disk in prepareDestination.
   async migrateMemory(
     spec: InstanceSpec,
     memoryUri: string,
-    opts: { downtimeMs: number; bandwidthBytesPerSec?: number; onProgress?: (p: MemoryProgress) => void },
+    opts: { downtimeMs: number; bandwidthBytesPerSec?: number; destinationDisks: DiskSpec[]; onProgress?: (p: MemoryProgress) => void },
   ): Promise<void> {
     if (!/^tcp:[0-9a-zA-Z.-]+:\d{1,5}$/.test(memoryUri)) throw new FerryError(ErrorTypes.BadInput, `bad memory URI ${JSON.stringify(memoryUri)}`);
     if (!Number.isFinite(opts.downtimeMs) || opts.downtimeMs <= 0) throw new FerryError(ErrorTypes.BadInput, `bad downtime ${opts.downtimeMs}`);
@@ -339,7 +374,8 @@ export class QemuDriver implements HypervisorDriver {
     });
   }
 
-  async retire(spec: InstanceSpec): Promise<void> {
+  async retire(spec: InstanceSpec, opts: { keepDisks?: boolean } = {}): Promise<void> {
+    const disk = this.checkSpec(spec);
     const p = this.paths(spec);
     if ((await livePid(p)) !== null) {
       const st = await this.state(spec);
@@ -347,8 +383,18 @@ export class QemuDriver implements HypervisorDriver {
       await withQmp(p.qmp, (q) => q.execute('quit')).catch(() => undefined);
       await stopQemu(p, 5000);
     }
-    await rm(spec.diskPath, { force: true });
+    if (opts.keepDisks) await renameAside(disk.path);
+    else await rm(disk.path, { force: true });
     await rm(p.dir, { recursive: true, force: true });
+  }
+}
+
+/** Moves a retired disk out of the way, keeping its data; gone already means a retry did it. */
+async function renameAside(path: string): Promise<void> {
+  try {
+    await rename(path, `${path}${MIGRATED_SUFFIX}`);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
   }
 }
 

@@ -1,10 +1,9 @@
-// Guest disk devices and dirty-block tracking on a Xen host with device-mapper `era`.
+// Device-mapper `era` on a Xen host: the write-set primitives that LV tracking (lv-tracking.ts)
+// builds on, and the loop-device helpers both trackers use.
 //
-// Every Ferry-managed Xen disk is a raw file -> loop device -> dm `era` device `ferry-<id>`, and the
-// domain's disk is `phy:/dev/mapper/ferry-<id>`. Why era and not the qdisk backend's QMP bitmaps:
-// PVH/PV disks here are served by the in-kernel blkback (`phy:`), which has no QEMU behind it, so
-// there is no QMP to ask; era works under any blkback disk, costs a table line, and survives a
-// worker restart because its write sets live in its metadata device, not in our memory.
+// Why era: PVH/PV disks are served by the in-kernel blkback, which has no QEMU behind it, so there
+// is no QMP bitmap to ask; era works under any blkback disk, and its write sets live in its
+// metadata device, not in our memory, so they survive a worker restart.
 //
 // Round protocol (lab-notes: a metadata snapshot only sees committed write sets, so checkpoint
 // FIRST): `checkpoint` (commits the era that just ended and opens a new one), then
@@ -16,76 +15,73 @@ import { normalizeExtents, type Extent } from '../../shared/extents.js';
 
 /** 128 sectors = 64 KiB, the same granularity as the QEMU driver's bitmaps. */
 export const ERA_BLOCK_SECTORS = 128;
-const META_BYTES = 16 * 1024 * 1024;
+export const ERA_META_BYTES = 16 * 1024 * 1024;
 
-export const dmName = (id: string) => `ferry-${id}`;
-export const dmPath = (id: string) => `/dev/mapper/${dmName(id)}`;
-
-export async function dmExists(ex: Executor, id: string): Promise<boolean> {
-  return (await ex.run('dmsetup', ['info', dmName(id)])).code === 0;
+export async function dmExists(ex: Executor, name: string): Promise<boolean> {
+  return (await ex.run('dmsetup', ['info', name])).code === 0;
 }
 
-/** The loop device backing `file`, or null (`losetup -j` lists `/dev/loopN: ...`). */
-export async function loopOf(ex: Executor, file: string): Promise<string | null> {
-  const out = await runOk(ex, 'losetup', ['-j', file]);
-  const m = /^(\/dev\/loop\d+):/m.exec(out);
-  return m ? m[1] : null;
+/** The device's live table, one line per segment. */
+export async function dmTable(ex: Executor, name: string): Promise<string> {
+  return (await runOk(ex, 'dmsetup', ['table', name])).trim();
 }
 
-async function attachLoop(ex: Executor, file: string): Promise<string> {
-  return (await loopOf(ex, file)) ?? (await runOk(ex, 'losetup', ['-f', '--show', file])).trim();
+/** Loads `table` (one or more lines) as the device's inactive table; `resume` swaps it in atomically. */
+export async function dmLoadAndResume(ex: Executor, name: string, table: string, tableFile: string): Promise<void> {
+  // dmsetup's --table takes one line; a file takes a whole table.
+  await ex.writeFile(tableFile, `${table}\n`);
+  await runOk(ex, 'dmsetup', ['load', name, tableFile]);
+  // resume suspends the device (flushing in-flight I/O), swaps the table and resumes it.
+  await runOk(ex, 'dmsetup', ['resume', name]);
 }
 
-/** Creates the era device over `diskFile` (metadata in `metaFile`), if it is not there yet. */
-export async function ensureEraDevice(ex: Executor, id: string, diskFile: string, metaFile: string): Promise<string> {
-  if (await dmExists(ex, id)) {
-    await runOk(ex, 'dmsetup', ['mknodes', dmName(id)]);
-    return dmPath(id);
+/** Creates `name` with `table` (one or more lines) and its /dev/mapper node. */
+export async function dmCreate(ex: Executor, name: string, table: string, tableFile: string): Promise<void> {
+  if (!(await dmExists(ex, name))) {
+    await ex.writeFile(tableFile, `${table}\n`);
+    await runOk(ex, 'dmsetup', ['create', name, tableFile]);
   }
-  // A fresh, zeroed metadata device: era formats it on first use.
-  const oldMeta = await loopOf(ex, metaFile);
-  if (oldMeta) await runOk(ex, 'losetup', ['-d', oldMeta]);
-  await runOk(ex, 'rm', ['-f', metaFile]);
-  await runOk(ex, 'truncate', ['-s', String(META_BYTES), metaFile]);
-  const data = await attachLoop(ex, diskFile);
-  const meta = await attachLoop(ex, metaFile);
-  const sectors = (await runOk(ex, 'blockdev', ['--getsz', data])).trim();
-  if (!/^\d+$/.test(sectors)) throw new FerryError(ErrorTypes.DriverError, `blockdev --getsz ${data} said ${JSON.stringify(sectors)}`);
-  await runOk(ex, 'dmsetup', ['create', dmName(id), '--table', `0 ${sectors} era ${meta} ${data} ${ERA_BLOCK_SECTORS}`]);
   // Without udev (the lab's dom0, minimal hosts) nothing creates /dev/mapper/<name>: do it here.
-  await runOk(ex, 'dmsetup', ['mknodes', dmName(id)]);
-  return dmPath(id);
+  await runOk(ex, 'dmsetup', ['mknodes', name]);
 }
 
-/** Removes the era device and detaches both loop devices; missing parts are fine. */
-export async function removeEraDevice(ex: Executor, id: string, diskFile: string, metaFile: string): Promise<void> {
-  if (await dmExists(ex, id)) {
-    // A domain being torn down may still hold it for a moment.
-    for (let i = 0; ; i++) {
-      const r = await ex.run('dmsetup', ['remove', dmName(id)]);
-      if (r.code === 0 || !(await dmExists(ex, id))) break;
-      if (i >= 10) throw new FerryError(ErrorTypes.DriverError, `dmsetup remove ${dmName(id)} failed: ${r.stderr.trim()}`);
-      await new Promise((res) => setTimeout(res, 500));
-    }
+/** Removes a dm device; missing is fine. A device just released by a domain may stay busy a moment. */
+export async function dmRemove(ex: Executor, name: string): Promise<void> {
+  for (let i = 0; await dmExists(ex, name); i++) {
+    // --verifyudev: without udev (the lab's dom0) plain remove leaves a stale /dev/mapper node.
+    const r = await ex.run('dmsetup', ['remove', '--verifyudev', name]);
+    if (r.code === 0) break;
+    if (i >= 10) throw new FerryError(ErrorTypes.DriverError, `dmsetup remove ${name} failed on ${ex.where}: ${r.stderr.trim()}`);
+    await new Promise((res) => setTimeout(res, 500));
   }
-  for (const f of [diskFile, metaFile]) {
-    const loop = await loopOf(ex, f).catch(() => null);
-    if (loop) await runOk(ex, 'losetup', ['-d', loop]);
-  }
+}
+
+/** The loop devices backing `file` (`losetup -j` lists `/dev/loopN: ...`). */
+export async function loopsOf(ex: Executor, file: string): Promise<string[]> {
+  const out = await runOk(ex, 'losetup', ['-j', file]);
+  return [...out.matchAll(/^(\/dev\/loop\d+):/gm)].map((m) => m[1]!);
+}
+
+export async function attachLoop(ex: Executor, file: string): Promise<string> {
+  return (await loopsOf(ex, file))[0] ?? (await runOk(ex, 'losetup', ['-f', '--show', file])).trim();
+}
+
+export async function detachLoops(ex: Executor, file: string): Promise<void> {
+  for (const loop of await loopsOf(ex, file).catch(() => [])) await runOk(ex, 'losetup', ['-d', loop]);
 }
 
 /** `dmsetup status` of era: `0 N era <meta block size> <used>/<total> <current era> <held root|->`. */
-export async function currentEra(ex: Executor, id: string): Promise<number> {
-  const out = await runOk(ex, 'dmsetup', ['status', dmName(id)]);
+export async function currentEra(ex: Executor, dm: string): Promise<number> {
+  const out = await runOk(ex, 'dmsetup', ['status', dm]);
   const m = /\bera\s+\d+\s+\d+\/\d+\s+(\d+)/.exec(out);
-  if (!m) throw new FerryError(ErrorTypes.DriverError, `unexpected era status of ${dmName(id)}: ${out.trim()}`);
+  if (!m) throw new FerryError(ErrorTypes.DriverError, `unexpected era status of ${dm}: ${out.trim()}`);
   return Number(m[1]);
 }
 
 /** Closes the running era (committing its write set) and returns the era now recording. */
-export async function checkpoint(ex: Executor, id: string): Promise<number> {
-  await runOk(ex, 'dmsetup', ['message', dmName(id), '0', 'checkpoint']);
-  return currentEra(ex, id);
+export async function checkpoint(ex: Executor, dm: string): Promise<number> {
+  await runOk(ex, 'dmsetup', ['message', dm, '0', 'checkpoint']);
+  return currentEra(ex, dm);
 }
 
 /**
@@ -116,20 +112,18 @@ export function parseEraInvalidate(xml: string, diskBytes: number): Extent[] {
 }
 
 /**
- * Blocks written in eras >= `since`, after closing the running era. Returns the extents and the
- * era the next round starts from.
+ * Blocks of era device `dm` written in eras >= `since`, after closing the running era. Returns the
+ * extents and the era the next round starts from.
  */
-export async function writtenSince(ex: Executor, id: string, metaFile: string, since: number, diskBytes: number): Promise<{ extents: Extent[]; next: number }> {
-  const next = await checkpoint(ex, id);
-  const meta = await loopOf(ex, metaFile);
-  if (!meta) throw new FerryError(ErrorTypes.DriverError, `era metadata ${metaFile} of ${id} has no loop device`);
+export async function writtenSince(ex: Executor, dm: string, metaDev: string, since: number, diskBytes: number): Promise<{ extents: Extent[]; next: number }> {
+  const next = await checkpoint(ex, dm);
   // A snapshot held from an interrupted earlier round would make take_metadata_snap fail.
-  await ex.run('dmsetup', ['message', dmName(id), '0', 'drop_metadata_snap']);
-  await runOk(ex, 'dmsetup', ['message', dmName(id), '0', 'take_metadata_snap']);
+  await ex.run('dmsetup', ['message', dm, '0', 'drop_metadata_snap']);
+  await runOk(ex, 'dmsetup', ['message', dm, '0', 'take_metadata_snap']);
   try {
-    const xml = await runOk(ex, 'era_invalidate', ['--metadata-snapshot', '--written-since', String(since), meta]);
+    const xml = await runOk(ex, 'era_invalidate', ['--metadata-snapshot', '--written-since', String(since), metaDev]);
     return { extents: parseEraInvalidate(xml, diskBytes), next };
   } finally {
-    await ex.run('dmsetup', ['message', dmName(id), '0', 'drop_metadata_snap']);
+    await ex.run('dmsetup', ['message', dm, '0', 'drop_metadata_snap']);
   }
 }

@@ -1,44 +1,82 @@
-// The Xen lab's guest: the QEMU lab's workload (counter, fsync'ed records, request port 7000) as a
-// PVH (or PV) domain, booted from the kernel and initramfs the lab puts on each dom0. The guest
+// The Xen lab's guest, made the way an operator makes one: disks on the dom0's volume group
+// `guests` (LVs) or image files under /var/lib/xen/images, and an xl config file in /etc/xen that
+// `xl create` boots. Its workload is the QEMU lab's (counter, fsync'ed records on every disk,
+// request port 7000), as a PVH (or PV) domain from the kernel and initramfs on each dom0. The guest
 // sits on its dom0's xenbr0 at 10.0.2.15: only that dom0 reaches it.
-import type { InstanceSpec } from '../../drivers/driver.js';
 import { guestAppend } from '../guest-image.js';
 import { DOM0_GUEST_INITRD, DOM0_GUEST_KERNEL } from './xen-lab.js';
 
-/** Per-instance state and destination disks on each dom0. */
+/** Ferry's per-instance state on each dom0. */
 export const XEN_STATE_DIR = '/var/lib/ferry/xen';
 export const XEN_GUEST_ADDRESS = '10.0.2.15';
 export const XEN_GUEST_PORT = 7000;
+/** The volume group every lab dom0 has (src/labs/xen/dom0-init). */
+export const LAB_VG = 'guests';
 
 const MiB = 1024 * 1024;
 
-export function xenGuestSpec(id: string, over: Partial<InstanceSpec> & { rate?: number } = {}): InstanceSpec {
-  const { rate, ...rest } = over;
-  const diskBytes = rest.diskBytes ?? 32 * MiB;
-  const recbase = recbaseMiB(diskBytes);
-  return {
-    id,
-    hypervisor: 'xen',
-    vcpus: 1,
-    memoryMiB: 256,
-    diskBytes,
-    diskPath: `${XEN_STATE_DIR}/disks/${id}.raw`,
-    guestType: 'pvh',
-    boot: {
-      kernel: DOM0_GUEST_KERNEL,
-      initrd: DOM0_GUEST_INITRD,
-      append: `${guestAppend({ rate: rate ?? 5, recbase })} rdinit=/xen-init`.replace('console=ttyS0', 'console=hvc0'),
-    },
-    ...rest,
-  };
+export interface LabDisk {
+  vdev: 'xvda' | 'xvdb';
+  kind: 'lv' | 'file';
+  bytes: number;
 }
 
-/** Records go in the last quarter of the disk, clear of a file system at its start. */
-function recbaseMiB(diskBytes: number): number {
+export interface LabGuest {
+  id: string;
+  type?: 'pvh' | 'pv';
+  memoryMiB?: number;
+  /** Records per second the workload writes (to every disk). */
+  rate?: number;
+  mac?: string;
+  disks: LabDisk[];
+}
+
+/** Where an operator keeps the disk: `/dev/guests/<id>-<vdev>` or `/var/lib/xen/images/<id>-<vdev>.img`. */
+export function labDiskPath(id: string, d: Pick<LabDisk, 'kind' | 'vdev'>): string {
+  return d.kind === 'lv' ? `/dev/${LAB_VG}/${id}-${d.vdev}` : `/var/lib/xen/images/${id}-${d.vdev}.img`;
+}
+
+/** Records go in the last quarter of each disk, clear of a file system at its start. */
+export function recbaseMiB(diskBytes: number): number {
   return Math.max(1, Math.floor((diskBytes / MiB) * 0.75));
 }
 
-/** Where the guest's record `n` sits on its disk (see guest/init). */
-export function recordOffset(spec: InstanceSpec, n: number): number {
-  return recbaseMiB(spec.diskBytes) * MiB + n * 4096;
+/** Where the guest's record `n` sits on a disk of `diskBytes` (see guest/init). */
+export function recordOffset(diskBytes: number, n: number): number {
+  return recbaseMiB(diskBytes) * MiB + n * 4096;
+}
+
+/** A lab MAC in Xen's own prefix, stable per id. */
+export function labMac(id: string): string {
+  let h = 0;
+  for (const c of id) h = (h * 31 + c.charCodeAt(0)) >>> 0;
+  const b = [(h >>> 16) & 0x7f, (h >>> 8) & 0xff, h & 0xff].map((x) => x.toString(16).padStart(2, '0'));
+  return `00:16:3e:${b.join(':')}`;
+}
+
+/** The guest's xl config file, as an operator writes one. */
+export function operatorConfig(g: LabGuest): string {
+  const [d1, d2] = g.disks;
+  const cmdline = [
+    guestAppend({ rate: g.rate ?? 5, recbase: recbaseMiB(d1!.bytes) }).replace('console=ttyS0', 'console=hvc0'),
+    ...(d2 ? [`ferry.recbase2=${recbaseMiB(d2.bytes)}`] : []),
+    'rdinit=/xen-init',
+  ].join(' ');
+  const disks = g.disks.map((d) => `    'format=raw, vdev=${d.vdev}, access=rw, target=${labDiskPath(g.id, d)}',`);
+  return [
+    `# ${g.id}: a lab guest, written the way an operator writes an xl config`,
+    `name = "${g.id}"`,
+    `type = "${g.type ?? 'pvh'}"`,
+    `memory = ${g.memoryMiB ?? 128}`,
+    'vcpus = 1',
+    `kernel = "${DOM0_GUEST_KERNEL}"`,
+    `ramdisk = "${DOM0_GUEST_INITRD}"`,
+    `cmdline = "${cmdline}"`,
+    'disk = [',
+    ...disks,
+    ']',
+    `vif = [ 'mac=${g.mac ?? labMac(g.id)},bridge=xenbr0' ]`,
+    'on_crash = "preserve"',
+    '',
+  ].join('\n');
 }

@@ -28,6 +28,10 @@ export const DOM0_PACKAGES = [
   'procps',
   'dmsetup',
   'thin-provisioning-tools',
+  // Operators' guests: disks on LVM logical volumes, and blktrace for write tracking under a
+  // loop-backed file disk (docs/xen.md).
+  'lvm2',
+  'blktrace',
 ];
 
 /** Guest modules for a Xen PVH guest, in insmod order (dpkg-style trees have no modules.dep). */
@@ -129,7 +133,9 @@ function debootstrap(args: string[], logFile: string, stallMs: number, log: (s: 
 /** The debootstrap tree, built once (about 3 min, 850 MiB); a failed or stuck run is tried again once. */
 export async function ensureDom0Tree(cacheDir: string, log: (s: string) => void = () => undefined): Promise<string> {
   const tree = join(cacheDir, 'rootfs');
-  if (await exists(join(tree, '.ferry-complete'))) return tree;
+  // The marker names the package list: a tree built for another list is built again.
+  const marker = join(tree, `.ferry-complete-${createHash('sha256').update(DOM0_PACKAGES.join(',')).digest('hex').slice(0, 12)}`);
+  if (await exists(marker)) return tree;
   try {
     await access('/usr/sbin/debootstrap');
   } catch {
@@ -152,7 +158,7 @@ export async function ensureDom0Tree(cacheDir: string, log: (s: string) => void 
     }
   }
   log(`xen lab: dom0 tree built in ${Math.round((Date.now() - t0) / 1000)} s`);
-  await writeFile(join(tmp, '.ferry-complete'), new Date().toISOString());
+  await writeFile(join(tmp, marker.slice(tree.length + 1)), new Date().toISOString());
   await rm(tree, { recursive: true, force: true });
   await rename(tmp, tree);
   return tree;
@@ -234,7 +240,7 @@ export async function ensureXenImages(cacheDir = join(repoRoot, '.cache/xen'), l
 
   // The image name carries the init script's hash: editing the script rebuilds the image.
   const init = await readFile(join(scriptDir(), 'dom0-init'));
-  const h = createHash('sha256').update(init).digest('hex').slice(0, 12);
+  const h = createHash('sha256').update(init).update(DOM0_PACKAGES.join(',')).digest('hex').slice(0, 12);
   const rootImage = join(cacheDir, `dom0-${h}.ext4`);
   if (!(await exists(rootImage))) {
     log('xen lab: ext4 image of the dom0 tree');

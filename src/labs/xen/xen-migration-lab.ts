@@ -10,15 +10,17 @@ import { stringify } from 'yaml';
 import type { Client } from '@temporalio/client';
 import { startDevServer } from '../temporal-dev.js';
 import { forwardTcp } from '../tcp-forward.js';
-import { labWorkers, makeDisk, repoRoot, waitForPollers } from '../lab-common.js';
+import { ferryCommand, labWorkers, makeDisk, repoRoot, waitForPollers } from '../lab-common.js';
 import { openInventory, type Inventory } from '../../inventory/index.js';
 import { loadConfig } from '../../config/index.js';
 import { connectClient } from '../../workers/connection.js';
-import type { InstanceSpec } from '../../drivers/driver.js';
+import { execFile } from 'node:child_process';
+import type { InstanceSpec } from '../../shared/instance.js';
 import { createXenDriver, type XenDriver } from '../../drivers/xen/xen-driver.js';
 import { migrationWorkflowId } from '../../shared/names.js';
 import { startXenLab, type XenHost, type XenLab } from './xen-lab.js';
-import { XEN_GUEST_ADDRESS, XEN_GUEST_PORT, XEN_STATE_DIR, xenGuestSpec } from './lab-guest.js';
+import { LAB_VG, XEN_GUEST_ADDRESS, XEN_GUEST_PORT, XEN_STATE_DIR, labDiskPath, operatorConfig, type LabDisk, type LabGuest } from './lab-guest.js';
+import type { SyncNodeResult } from '../../shared/messages.js';
 
 const MiB = 1024 * 1024;
 
@@ -28,15 +30,9 @@ export interface XenMigrationLabOptions {
   log?: (line: string) => void;
 }
 
-export interface XenGuestOptions {
-  id: string;
+export interface XenGuestOptions extends LabGuest {
   node?: string;
-  memoryMiB?: number;
-  diskMiB?: number;
-  guestType?: 'pvh' | 'pv';
-  /** Records per second the workload writes. */
-  rate?: number;
-  /** Fill the disk with an ext4 file system of this directory (real content for LZO). */
+  /** Fill the first disk with an ext4 file system of this directory (real content for LZO). */
   contentDir?: string;
 }
 
@@ -142,31 +138,59 @@ export async function startXenMigrationLab(opts: XenMigrationLabOptions = {}) {
     },
     stopWorker: workers.stop,
 
-    /** Writes the guest's disk on its dom0, starts the domain there and registers it. */
-    async bootGuest(g: XenGuestOptions): Promise<InstanceSpec> {
+    /**
+     * Makes a guest on its dom0 the way an operator does: an LV in the volume group or an image
+     * file per disk, an xl config file in /etc/xen, `xl create`. Ferry is not involved: the
+     * inventory learns of it from `ferry node sync`.
+     */
+    async createGuest(g: XenGuestOptions): Promise<{ node: string; configPath: string }> {
       const node = g.node ?? xen.hosts[0]!.name;
       const h = host(node);
-      const spec = xenGuestSpec(g.id, { diskBytes: (g.diskMiB ?? 32) * MiB, memoryMiB: g.memoryMiB ?? 256, guestType: g.guestType ?? 'pvh', rate: g.rate });
       let t = Date.now();
-      await uploadDisk(h, spec, g.contentDir, join(dir, 'images'));
-      log(`xen lab: guest ${g.id}: disk on ${node} in ${Date.now() - t} ms`);
+      for (const [i, d] of g.disks.entries()) await createLabDisk(h, g.id, d, i === 0 ? g.contentDir : undefined, join(dir, 'images'));
+      log(`xen lab: guest ${g.id}: disks on ${node} in ${Date.now() - t} ms`);
+      const configPath = `/etc/xen/${g.id}.cfg`;
+      await h.ssh.writeFile(configPath, operatorConfig(g));
       t = Date.now();
-      await drivers.get(node)!.start(spec);
+      const r = await h.ssh.run('xl', ['create', configPath]);
+      if (r.code !== 0) throw new Error(`xl create ${configPath} on ${node} failed: ${r.stderr.trim()}`);
       log(`xen lab: guest ${g.id}: xl create on ${node} in ${Date.now() - t} ms`);
-      inventory.addInstance({ spec, host: node });
-      return spec;
+      return { node, configPath };
     },
 
-    /** Removes a guest from both hosts and the inventory (a test that failed half-way). */
-    async destroyGuest(spec: InstanceSpec) {
-      await client.workflow.getHandle(migrationWorkflowId(spec.id)).terminate('lab: guest destroyed').catch(() => undefined);
-      for (const r of inventory.listReservations({ live: true })) if (r.instanceId === spec.id) inventory.release(r.migrationId);
+    /** Runs the real `ferry` CLI against the lab's config; never throws. */
+    ferry(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+      const [cmd, ...pre] = ferryCommand();
+      return new Promise((resolve) => {
+        execFile(cmd!, [...pre, ...args], { encoding: 'utf8', env: { ...process.env, FERRY_CONFIG: configPath } }, (err, stdout, stderr) =>
+          resolve({ code: err ? Number((err as { code?: number }).code ?? 1) : 0, stdout, stderr }),
+        );
+      });
+    },
+
+    /** `ferry node sync NODE --json`. */
+    async sync(node: string): Promise<SyncNodeResult> {
+      const r = await lab.ferry(['node', 'sync', node, '--json']);
+      if (r.code !== 0) throw new Error(`ferry node sync ${node} exited ${r.code}: ${r.stderr.trim()}`);
+      return JSON.parse(r.stdout.trim().split('\n').pop()!) as SyncNodeResult;
+    },
+
+    /** Removes a guest from both hosts (domains, disks, Ferry's state) and the inventory. */
+    async destroyGuest(id: string, disks: LabDisk[]) {
+      await client.workflow.getHandle(migrationWorkflowId(id)).terminate('lab: guest destroyed').catch(() => undefined);
+      for (const r of inventory.listReservations({ live: true })) if (r.instanceId === id) inventory.release(r.migrationId);
+      const spec = inventory.findInstance(id)?.spec;
       for (const h of xen.hosts) {
-        for (const name of [spec.id, `${spec.id}--incoming`, `${spec.id}--migratedaway`]) await h.ssh.run('xl', ['destroy', name]);
-        await drivers.get(h.name)!.retire(spec).catch(() => undefined);
-        await drivers.get(h.name)!.abortDestination(spec).catch(() => undefined);
+        for (const name of [id, `${id}--incoming`, `${id}--migratedaway`]) await h.ssh.run('xl', ['destroy', name]);
+        if (spec) await drivers.get(h.name)!.stopDirtyTracking(spec).catch(() => undefined);
+        for (const d of disks) {
+          const path = labDiskPath(id, d);
+          if (d.kind === 'lv') await h.ssh.run('lvremove', ['--yes', '--', `${LAB_VG}/${path.split('/').pop()}`]);
+          else await h.ssh.run('rm', ['-f', '--', path]);
+        }
+        await h.ssh.run('rm', ['-rf', '--', `${XEN_STATE_DIR}/${id}`, `/etc/xen/${id}.cfg`]);
       }
-      inventory.removeInstance(spec.id);
+      if (inventory.findInstance(id)) inventory.removeInstance(id);
     },
 
     /**
@@ -184,16 +208,31 @@ export async function startXenMigrationLab(opts: XenMigrationLabOptions = {}) {
       return services;
     },
 
-    /** What a host still holds of an instance: domains, era device, disk file, state folder. */
-    async leftovers(spec: InstanceSpec, node: string): Promise<string[]> {
+    /**
+     * What a host still holds of an instance: domains, Ferry's dm devices, its disks (LVs, files,
+     * renamed copies), loop devices on its files, blktrace daemons, the state folder.
+     */
+    async leftovers(id: string, disks: LabDisk[], node: string): Promise<string[]> {
       const h = host(node);
       const found: string[] = [];
       const domains = (await h.ssh.run('xl', ['list'])).stdout.split('\n').map((l) => l.split(/\s+/)[0]!);
-      for (const d of domains) if (d === spec.id || d.startsWith(`${spec.id}--`)) found.push(`domain ${d}`);
-      if ((await h.ssh.run('dmsetup', ['info', `ferry-${spec.id}`])).code === 0) found.push(`dm device ferry-${spec.id}`);
-      for (const p of [spec.diskPath, drivers.get(node)!.destinationDiskPath(spec), `${XEN_STATE_DIR}/${spec.id}`]) {
-        if ((await h.ssh.run('test', ['-e', p])).code === 0) found.push(p);
+      for (const d of domains) if (d === id || d.startsWith(`${id}--`)) found.push(`domain ${d}`);
+      const runsHere = domains.includes(id);
+      for (const dm of (await h.ssh.run('dmsetup', ['ls'])).stdout.split('\n').map((l) => l.split(/\s+/)[0]!)) {
+        if (dm.startsWith(`ferry-${id}-`)) found.push(`dm device ${dm}`);
       }
+      for (const d of disks) {
+        const path = labDiskPath(id, d);
+        for (const p of [path, `${path}.ferry-migrated`]) if ((await h.ssh.run('test', ['-e', p])).code === 0) found.push(p);
+        // xl's own loop device serves a file disk while the guest runs here; any other is a leftover.
+        if (d.kind === 'file' && !runsHere) {
+          const loops = (await h.ssh.run('losetup', ['-j', path])).stdout.trim();
+          if (loops) found.push(`loop ${loops}`);
+        }
+      }
+      // Anchored: the shell that runs pgrep over SSH has the pattern in its own command line.
+      if ((await h.ssh.run('pgrep', ['-f', `^/usr/sbin/blktrace .*${XEN_STATE_DIR}/${id}/`])).code === 0) found.push('blktrace');
+      if ((await h.ssh.run('test', ['-e', `${XEN_STATE_DIR}/${id}`])).code === 0) found.push(`${XEN_STATE_DIR}/${id}`);
       return [...new Set(found)];
     },
 
@@ -209,22 +248,29 @@ export async function startXenMigrationLab(opts: XenMigrationLabOptions = {}) {
   return lab;
 }
 
-/** Puts the guest's disk on its dom0: zeros, or an ext4 of `contentDir` (only non-zero MiBs travel). */
-async function uploadDisk(h: XenHost, spec: InstanceSpec, contentDir: string | undefined, imagesDir: string): Promise<void> {
-  const dirOnHost = spec.diskPath.slice(0, spec.diskPath.lastIndexOf('/'));
-  await h.ssh.run('mkdir', ['-p', dirOnHost]);
-  await h.ssh.run('rm', ['-f', spec.diskPath]);
-  await h.ssh.run('truncate', ['-s', String(spec.diskBytes), spec.diskPath]);
+/** One disk of a lab guest on its dom0: an LV or a sparse file, zeros or an ext4 of `contentDir` (only non-zero MiBs travel). */
+async function createLabDisk(h: XenHost, id: string, d: LabDisk, contentDir: string | undefined, imagesDir: string): Promise<void> {
+  const path = labDiskPath(id, d);
+  const ok = async (cmd: string, args: string[]) => {
+    const r = await h.ssh.run(cmd, args);
+    if (r.code !== 0) throw new Error(`${cmd} ${args.join(' ')} on ${h.name}: ${r.stderr.trim()}`);
+  };
+  if (d.kind === 'lv') {
+    await ok('lvcreate', ['--yes', '--zero', 'y', '--wipesignatures', 'y', '--name', path.split('/').pop()!, '--size', `${d.bytes}b`, LAB_VG]);
+  } else {
+    await ok('rm', ['-f', path]);
+    await ok('truncate', ['-s', String(d.bytes), path]);
+  }
   if (!contentDir) return;
   await mkdir(imagesDir, { recursive: true });
-  const local = join(imagesDir, `${spec.id}.raw`);
+  const local = join(imagesDir, `${id}-${d.vdev}.raw`);
   await rm(local, { force: true });
-  await makeDisk(local, spec.diskBytes, contentDir, 0, imagesDir);
+  await makeDisk(local, d.bytes, contentDir, 0, imagesDir);
   const src = await open(local, 'r');
-  const dst = await h.ssh.openFile(spec.diskPath, 'r+');
+  const dst = await h.ssh.openFile(path, 'r+');
   try {
     const buf = Buffer.alloc(MiB);
-    for (let off = 0; off < spec.diskBytes; off += MiB) {
+    for (let off = 0; off < d.bytes; off += MiB) {
       const { bytesRead } = await src.read(buf, 0, MiB, off);
       const chunk = buf.subarray(0, bytesRead);
       if (chunk.some((b) => b !== 0)) await dst.write(off, Buffer.from(chunk));

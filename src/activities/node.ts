@@ -206,7 +206,8 @@ export function createNodeActivities(deps: NodeActivityDeps) {
       return guarded('sendDisk', async () => {
         const { spec, streamId, options } = args;
         const ctx = Context.current();
-        const dirty = args.round === undefined ? undefined : await driver.takeDirtyRound(spec, args.round);
+        // Freezing a round can take a while (a trace drained, era metadata read): heartbeat meanwhile.
+        const dirty = args.round === undefined ? undefined : await withHeartbeat(() => driver.takeDirtyRound(spec, args.round!), () => ctx.info.heartbeatDetails);
         const plans = spec.disks.map((d) => ({ disk: d, extents: dirty ? (dirty[d.vdev] ?? []) : [{ offset: 0, length: d.bytes }] }));
         const resume = ctx.info.heartbeatDetails as Partial<StreamCheckpoint> | undefined;
         const dirtyBytes = plans.reduce((n, p) => n + totalLength(p.extents), 0);

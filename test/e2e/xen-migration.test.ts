@@ -170,7 +170,7 @@ describe('Xen end to end: an operator\'s guest (xl create, an LV and an image fi
     expect(await lvTable('xa', X1_LV), 'dmsetup table of the LV is the original again').toBe(before.table);
     expect(await lab.leftovers('x1', X1_DISKS, 'xb'), 'the destination holds nothing').toEqual([]);
     const src = await lab.leftovers('x1', X1_DISKS, 'xa');
-    expect(src, 'the source holds its disks and no tracking state').toEqual([X1_LV, X1_FILE]);
+    expect(src, 'the source holds the guest and its disks, and no tracking state').toEqual(['domain x1', X1_LV, X1_FILE]);
     expect((await lab.host('xa').ssh.run('losetup', ['-j', X1_FILE])).stdout, "xl's loop device still serves the file").toMatch(/^\/dev\/loop\d+:/);
     expect(usage('xa')).toEqual(before.a);
     expect(usage('xb')).toEqual(before.b);
@@ -229,7 +229,7 @@ describe('Xen end to end: an operator\'s guest (xl create, an LV and an image fi
     await expectOnlyOn('x1', 'xa', 'xb');
     expect(await lvTable('xa', X1_LV)).toBe(before.table);
     expect(await lab.leftovers('x1', X1_DISKS, 'xb'), 'the destination holds nothing').toEqual([]);
-    expect(await lab.leftovers('x1', X1_DISKS, 'xa')).toEqual([X1_LV, X1_FILE]);
+    expect(await lab.leftovers('x1', X1_DISKS, 'xa')).toEqual(['domain x1', X1_LV, X1_FILE]);
     expect(usage('xa')).toEqual(before.a);
     expect(usage('xb')).toEqual(before.b);
     const s1 = await waitAnswer('xa', 60_000);
@@ -262,12 +262,12 @@ describe('Xen end to end: an operator\'s guest (xl create, an LV and an image fi
     await expectOnlyOn('x1', 'xb', 'xa');
     expect(await answersOn('xa')).toBeNull();
     expect(await lab.leftovers('x1', X1_DISKS, 'xa'), 'source LV, file, loop, tracking: all gone').toEqual([]);
-    expect(await lab.leftovers('x1', X1_DISKS, 'xb'), 'the destination holds the two disks and nothing of Ferry').toEqual([X1_LV, X1_FILE]);
+    expect(await lab.leftovers('x1', X1_DISKS, 'xb'), 'the destination holds the guest and its two disks, and nothing of Ferry').toEqual(['domain x1', X1_LV, X1_FILE]);
     expect(await lvTable('xb', X1_LV), "the destination LV's table is plain").toMatch(/^0 65536 linear /);
     expect((await lab.host('xb').ssh.run('xl', ['network-list', 'x1'])).stdout, 'MAC unchanged').toContain(labMac('x1'));
 
     const moved = lab.inventory.getInstance('x1');
-    expect(moved.spec.disks.map((d) => d.path)).toEqual([X1_LV, X1_FILE]);
+    expect(moved.spec.disks.map((d) => d.path)).toEqual(['domain x1', X1_LV, X1_FILE]);
     expect(usage('xa').memoryMiB).toBe(before.a.memoryMiB + 128);
     expect(usage('xa').diskBytes).toBe(before.a.diskBytes + X1_DISK_BYTES);
     expect(usage('xb').memoryMiB).toBe(before.b.memoryMiB - 128);

@@ -12,10 +12,12 @@ export interface DiskTracker {
   /** Starts recording writes. Idempotent. */
   start(): Promise<void>;
   /**
-   * Extents written since the previous round (or since start). `final`: the guest no longer runs
-   * on this host, so nothing writes any more and the tracker may drain what it buffers.
+   * Round `n` (from 1): the extents written since round `n - 1` (or since start), or more. Asked
+   * again for the same `n` (a retry), it answers at least as much as the first time. `final`: the
+   * guest no longer runs on this host, so nothing writes any more and the tracker may drain what it
+   * buffers.
    */
-  round(final: boolean): Promise<Extent[]>;
+  round(n: number, final: boolean): Promise<Extent[]>;
   /** The path the data plane reads the live disk from. */
   readPath(): Promise<string>;
   /** Removes the tracking and puts the disk back as it was. Idempotent. */

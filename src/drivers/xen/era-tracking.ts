@@ -15,7 +15,15 @@ import { normalizeExtents, type Extent } from '../../shared/extents.js';
 
 /** 128 sectors = 64 KiB, the same granularity as the QEMU driver's bitmaps. */
 export const ERA_BLOCK_SECTORS = 128;
-export const ERA_META_BYTES = 16 * 1024 * 1024;
+/**
+ * Metadata for an era device over `diskBytes`: its array holds a few bytes per block, its write
+ * sets a bit per block each, and it copies on write: 16 MiB plus 16 bytes per 64 KiB block (a
+ * sparse file: 512 MiB for a 2 TiB disk, mostly never written).
+ */
+export function eraMetaBytes(diskBytes: number): number {
+  const MiB = 1024 * 1024;
+  return 16 * MiB + Math.ceil((Math.ceil(diskBytes / (ERA_BLOCK_SECTORS * 512)) * 16) / MiB) * MiB;
+}
 
 export async function dmExists(ex: Executor, name: string): Promise<boolean> {
   return (await ex.run('dmsetup', ['info', name])).code === 0;

@@ -63,8 +63,10 @@ export function parseBlktrace(buf: Buffer, diskBytes: number): { extents: Extent
 
 interface FileState {
   loop: string;
-  /** Bytes of each per-CPU trace file already turned into rounds. */
-  offsets: Record<string, number>;
+  /** starts[k]: where round k + 1 starts reading each per-CPU trace file (bytes). */
+  starts: Record<string, number>[];
+  /** The final round stopped the trace (so its retry finds it gone). */
+  stopped?: boolean;
 }
 
 export function fileTracker(c: TrackerContext): DiskTracker {
@@ -95,14 +97,15 @@ export function fileTracker(c: TrackerContext): DiskTracker {
 
     async start() {
       let st = await readState<FileState>(c.ex, stateFile);
-      if (!st) {
+      if (!st || !(await running())) {
+        // A fresh start (or one after a trace that is gone): a new trace over the loop device xl
+        // serves the file from now, read from its first byte.
         const loop = await guestLoop();
         if (!loop.startsWith('/dev/loop')) throw new FerryError(ErrorTypes.DriverError, loop);
-        st = { loop, offsets: {} };
+        st = { loop, starts: [{}] };
+        await runOk(c.ex, 'rm', ['-rf', '--', traceDir]);
         await runOk(c.ex, 'mkdir', ['-p', traceDir]);
         await writeState(c.ex, stateFile, st);
-      }
-      if (!(await running())) {
         await runOk(c.ex, 'start-stop-daemon', ['--start', '--background', '--make-pidfile', '--pidfile', pidFile, '--exec', BLKTRACE, '--', '-d', st.loop, '-a', 'write', '-b', '4', '-n', '256', '-D', traceDir, '-o', 'trace']);
       }
       // Writes count only once the kernel traces the device: wait for it before the bulk copy reads.
@@ -114,28 +117,46 @@ export function fileTracker(c: TrackerContext): DiskTracker {
       }
     },
 
-    async round(final: boolean): Promise<Extent[]> {
+    async round(n: number, final: boolean): Promise<Extent[]> {
       const st = await readState<FileState>(c.ex, stateFile);
       if (!st) throw new FerryError(ErrorTypes.DriverError, `dirty tracking of ${c.disk.vdev} of ${c.id} is not started`);
-      if (final) {
-        // SIGINT: blktrace writes out every buffered event, then exits.
-        await daemon('--stop', '--signal', 'INT', '--retry', 'INT/20/KILL/2', '--oknodo');
-      } else if (!(await running())) {
-        throw new FerryError(ErrorTypes.DriverError, `blktrace on ${st.loop} (${c.disk.vdev} of ${c.id}) stopped while the guest runs: writes since then are unknown, so the migration cannot go on`);
+      if (n > st.starts.length) throw new FerryError(ErrorTypes.DriverError, `round ${n} of ${c.disk.vdev} asked before round ${st.starts.length}`);
+      const lost = (why: string) =>
+        new FerryError(ErrorTypes.DriverError, `blktrace on ${st.loop} (${c.disk.vdev} of ${c.id}) ${why}: writes may be unknown, so the migration cannot go on. Retry when the guest writes less`);
+      if (await running()) {
+        // Read before any stop: blktrace's exit removes the counter.
+        const dropped = (await runOk(c.ex, 'cat', [`/sys/kernel/debug/block/${st.loop.replace('/dev/', '')}/dropped`])).trim();
+        if (dropped !== '0') throw lost(`dropped ${dropped} events`);
+        if (final) {
+          // SIGINT: blktrace writes out every buffered event, then exits. No KILL: that would lose them.
+          const r = await daemon('--stop', '--signal', 'INT', '--retry', 'INT/30');
+          if (r.code !== 0) throw new FerryError(ErrorTypes.DriverError, `blktrace on ${st.loop} did not stop within 30 s after SIGINT: ${r.stderr.trim()}`);
+          st.stopped = true;
+          await writeState(c.ex, stateFile, st);
+        }
+      } else if (!(final && st.stopped)) {
+        // Only the final round's retry (the trace stopped by its first attempt) may find it gone.
+        throw lost('stopped while the guest runs');
       }
-      const dropped = (await c.ex.run('cat', [`/sys/kernel/debug/block/${st.loop.replace('/dev/', '')}/dropped`])).stdout.trim();
-      if (dropped && dropped !== '0') {
-        throw new FerryError(ErrorTypes.DriverError, `blktrace on ${st.loop} (${c.disk.vdev} of ${c.id}) dropped ${dropped} events: writes may be unknown, so the migration cannot go on. Retry when the guest writes less`);
-      }
+      const from = st.starts[n - 1]!;
+      const to: Record<string, number> = {};
       const files = (await runOk(c.ex, 'ls', ['-1', traceDir])).split('\n').filter((f) => /^trace\.blktrace\.\d+$/.test(f));
       const all: Extent[] = [];
       for (const f of files) {
-        const data = await c.ex.readFile(`${traceDir}/${f}`);
-        const from = st.offsets[f] ?? 0;
-        const { extents, consumed } = parseBlktrace(data.subarray(from), c.disk.bytes);
-        all.push(...extents);
-        st.offsets[f] = from + consumed;
+        const path = `${traceDir}/${f}`;
+        const size = Number((await runOk(c.ex, 'stat', ['-c', '%s', '--', path])).trim());
+        const start = from[f] ?? 0;
+        const fh = await c.ex.openFile(path, 'r');
+        try {
+          const { extents, consumed } = parseBlktrace(size > start ? await fh.read(start, size - start) : Buffer.alloc(0), c.disk.bytes);
+          all.push(...extents);
+          to[f] = start + consumed;
+        } finally {
+          await fh.close();
+        }
       }
+      // A retry of round n reads from the same starts again: at least what the first attempt saw.
+      st.starts = [...st.starts.slice(0, n), to];
       await writeState(c.ex, stateFile, st);
       return normalizeExtents(all);
     },

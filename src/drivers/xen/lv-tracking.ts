@@ -10,7 +10,7 @@
 import { runOk, type Executor } from './executor.js';
 import { FerryError, ErrorTypes } from '../../shared/errors.js';
 import type { Extent } from '../../shared/extents.js';
-import { ERA_BLOCK_SECTORS, ERA_META_BYTES, attachLoop, detachLoops, dmCreate, dmExists, dmLoadAndResume, dmRemove, dmTable, checkpoint, loopsOf, writtenSince } from './era-tracking.js';
+import { ERA_BLOCK_SECTORS, eraMetaBytes, attachLoop, detachLoops, dmCreate, dmExists, dmLoadAndResume, dmRemove, dmTable, checkpoint, loopsOf, writtenSince } from './era-tracking.js';
 import { readState, writeState, type DiskTracker, type TrackerContext } from './disk-tracker.js';
 
 export interface LvInfo {
@@ -39,7 +39,8 @@ interface LvState {
   original: string;
   base: string;
   meta: string;
-  since: number;
+  /** eras[k]: the era opened by round k's checkpoint (eras[0]: by the start). 0 = not started. */
+  eras: number[];
 }
 
 export function lvTracker(c: TrackerContext): DiskTracker {
@@ -47,6 +48,24 @@ export function lvTracker(c: TrackerContext): DiskTracker {
   const base = `ferry-${c.id}-${c.disk.vdev}-base`;
   const meta = `${c.dir}/${c.disk.vdev}.era-meta`;
   const tableFile = (what: string) => `${c.dir}/${c.disk.vdev}.${what}.table`;
+
+  /** The LV's live table is era over Ferry's `-base` device. */
+  async function ours(live: string): Promise<boolean> {
+    // `0 N era META_DEV ORIGIN_DEV 128`, devices as major:minor.
+    const origin = /^0 \d+ era \S+ (\d+:\d+) /.exec(live)?.[1];
+    if (!origin || !(await dmExists(c.ex, base))) return false;
+    const devno = (await runOk(c.ex, 'dmsetup', ['info', '-c', '--noheadings', '-o', 'major,minor', base])).trim();
+    return devno === origin;
+  }
+
+  /** A swap that failed half-way can leave the device suspended: the guest's I/O would hang. */
+  async function assertActive(dm: string): Promise<void> {
+    const out = await runOk(c.ex, 'dmsetup', ['info', dm]);
+    if (/^State:\s+SUSPENDED/m.test(out)) {
+      await runOk(c.ex, 'dmsetup', ['resume', dm]);
+      throw new FerryError(ErrorTypes.DriverError, `${dm} was left suspended by a failed table swap; resumed it`);
+    }
+  }
 
   async function info(): Promise<LvInfo> {
     const i = await lvInfo(c.ex, c.disk.path);
@@ -58,55 +77,64 @@ export function lvTracker(c: TrackerContext): DiskTracker {
     async refusal() {
       const i = await lvInfo(c.ex, c.disk.path);
       if (!i) return `${c.disk.path} is not an LVM logical volume that lvs knows`;
-      if ((await readState(c.ex, stateFile)) !== null) return null; // ours, from an attempt that is still going
       const table = await dmTable(c.ex, i.dm);
+      if (await ours(table)) return null; // an attempt of this migration that is still going
       const targets = [...new Set(table.split('\n').map((l) => l.trim().split(/\s+/)[2]))];
       if (targets.length !== 1 || targets[0] !== 'linear') {
         const what = i.attr.startsWith('o') ? 'the origin of a snapshot' : i.attr.startsWith('V') ? 'a thin volume' : `mapped by ${targets.join(', ')}`;
         return `${c.disk.path} is ${what} (dm table target ${targets.join(', ')}): Ferry tracks writes only under linear LVs. Remove the snapshot (lvremove) or move the data to a linear LV, then migrate`;
       }
-      if ((await c.ex.run('modprobe', ['dm-era'])).code !== 0 && !(await c.ex.run('dmsetup', ['targets'])).stdout.includes('era')) {
+      if (!(await c.ex.run('dmsetup', ['targets'])).stdout.includes('era') && (await c.ex.run('modprobe', ['dm-era'])).code !== 0) {
         return `this host has no device-mapper era target (modprobe dm-era failed)`;
       }
+      if ((await c.ex.run('which', ['era_invalidate'])).code !== 0) return 'era_invalidate is not installed on this host (apt-get install thin-provisioning-tools)';
       return null;
     },
 
     async start() {
       const i = await info();
+      const live = await dmTable(c.ex, i.dm);
       let st = await readState<LvState>(c.ex, stateFile);
-      if (!st) {
-        const original = await dmTable(c.ex, i.dm);
-        if (/\bera\b/.test(original)) throw new FerryError(ErrorTypes.DriverError, `${c.disk.path} already has an era table that Ferry did not put there: ${original}`);
-        // The original table is on the host before anything changes, so a crash can always restore it.
-        st = { dm: i.dm, original, base, meta, since: 0 };
+      if (!st || !(await ours(live))) {
+        // Not under Ferry's era (a fresh start, or state left by a run whose table is gone): the
+        // LV's own table is the live one. Kept on the host before anything changes, so a crash
+        // can always restore it.
+        if (/\bera\b/.test(live)) throw new FerryError(ErrorTypes.DriverError, `${c.disk.path} already has an era table that Ferry did not put there: ${live}`);
+        st = { dm: i.dm, original: live, base, meta, eras: [] };
         await runOk(c.ex, 'mkdir', ['-p', c.dir]);
         await writeState(c.ex, stateFile, st);
-      }
-      if (!/\bera\b/.test(await dmTable(c.ex, st.dm))) {
+        await dmRemove(c.ex, base);
         await dmCreate(c.ex, base, st.original, tableFile('base'));
-        // A fresh, zeroed metadata device: era formats it on first use.
+        // A fresh, zeroed metadata device, sized for the LV: era formats it on first use.
         await detachLoops(c.ex, meta);
         await runOk(c.ex, 'rm', ['-f', meta]);
-        await runOk(c.ex, 'truncate', ['-s', String(ERA_META_BYTES), meta]);
+        await runOk(c.ex, 'truncate', ['-s', String(eraMetaBytes(c.disk.bytes)), meta]);
         const metaLoop = await attachLoop(c.ex, meta);
         const sectors = st.original.split('\n').reduce((n, l) => n + Number(l.trim().split(/\s+/)[1]), 0);
         await dmLoadAndResume(c.ex, st.dm, `0 ${sectors} era ${metaLoop} /dev/mapper/${base} ${ERA_BLOCK_SECTORS}`, tableFile('era'));
       }
-      if (st.since === 0) {
+      await assertActive(st.dm);
+      if (st.eras.length === 0) {
         // Everything written from the era this checkpoint opens belongs to round 1 (earlier writes
         // land before the bulk copy reads the disk).
-        st.since = await checkpoint(c.ex, st.dm);
+        st.eras = [await checkpoint(c.ex, st.dm)];
         await writeState(c.ex, stateFile, st);
       }
     },
 
-    async round(): Promise<Extent[]> {
+    async round(n: number): Promise<Extent[]> {
       const st = await readState<LvState>(c.ex, stateFile);
-      if (!st) throw new FerryError(ErrorTypes.DriverError, `dirty tracking of ${c.disk.vdev} of ${c.id} is not started`);
+      if (!st || st.eras.length === 0) throw new FerryError(ErrorTypes.DriverError, `dirty tracking of ${c.disk.vdev} of ${c.id} is not started`);
+      if (n > st.eras.length) throw new FerryError(ErrorTypes.DriverError, `round ${n} of ${c.disk.vdev} asked before round ${st.eras.length}`);
       const [metaLoop] = await loopsOf(c.ex, st.meta);
       if (!metaLoop) throw new FerryError(ErrorTypes.DriverError, `era metadata ${st.meta} of ${c.id} has no loop device`);
-      const { extents, next } = await writtenSince(c.ex, st.dm, metaLoop, st.since, c.disk.bytes);
-      st.since = next;
+      // From the era the round before this one opened: era marks a block when a write to it is
+      // issued, and that write may still be in flight when its round reads the block. Listing
+      // every block once more in the next round reads it again after it landed. A retry of round
+      // n lists from the same era, so it answers at least what the first attempt did.
+      const since = st.eras[Math.max(0, n - 2)]!;
+      const { extents, next } = await writtenSince(c.ex, st.dm, metaLoop, since, c.disk.bytes);
+      st.eras = [...st.eras.slice(0, n), next];
       await writeState(c.ex, stateFile, st);
       return extents;
     },
@@ -118,10 +146,9 @@ export function lvTracker(c: TrackerContext): DiskTracker {
 
     async stop() {
       const st = await readState<LvState>(c.ex, stateFile);
-      if (st) {
-        if ((await dmExists(c.ex, st.dm)) && (await dmTable(c.ex, st.dm)) !== st.original.trim()) {
-          await dmLoadAndResume(c.ex, st.dm, st.original, tableFile('original'));
-        }
+      // Only Ferry's era over its own -base is replaced: a table anything else put there stays.
+      if (st && (await dmExists(c.ex, st.dm)) && (await ours(await dmTable(c.ex, st.dm)))) {
+        await dmLoadAndResume(c.ex, st.dm, st.original, tableFile('original'));
       }
       await dmRemove(c.ex, base);
       await detachLoops(c.ex, meta);

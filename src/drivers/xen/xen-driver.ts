@@ -211,10 +211,16 @@ export class XenDriver implements HypervisorDriver {
     await runOk(this.ex, 'mkdir', ['-p', this.dir(spec)]);
     const rec = (await readState<IncomingRecord>(this.ex, this.incomingFile(spec))) ?? { created: [] };
     for (const d of this.destinationDisks(spec)) {
-      if (rec.created.some((c) => c.path === d.path)) continue;
-      // Recorded first: a crash between the two leaves a record of a disk that may not exist (removing it is a no-op), never the reverse.
-      rec.created.push(d);
-      await writeState(this.ex, this.incomingFile(spec), rec);
+      if (!rec.created.some((c) => c.path === d.path)) {
+        // Something that appeared since checkDestination is not ours to take, nor to remove later.
+        if ((await this.ex.run('test', ['-e', d.path])).code === 0) {
+          throw new FerryError(ErrorTypes.InvalidDestination, `${d.path} (for ${d.vdev} of ${spec.id}) appeared on ${this.ex.where} since the checks: not touching it`);
+        }
+        // Recorded first: a crash between the two leaves a record of a disk that may not exist
+        // (created on the retry, or removing it is a no-op), never a disk without a record.
+        rec.created.push(d);
+        await writeState(this.ex, this.incomingFile(spec), rec);
+      }
       await createDisk(this.ex, d);
     }
     // xl migrate-receive is started by the source over ssh: nothing listens until then.
@@ -263,6 +269,9 @@ export class XenDriver implements HypervisorDriver {
 
   async startDirtyTracking(spec: InstanceSpec): Promise<void> {
     this.checkSpec(spec);
+    // Tracking starts before the bulk copy and before any handover: rounds or a handover record
+    // found here are a finished or failed earlier run's, never this one's.
+    await runOk(this.ex, 'rm', ['-rf', '--', `${this.dir(spec)}/rounds`, this.migrationFile(spec)]);
     await runOk(this.ex, 'mkdir', ['-p', `${this.dir(spec)}/rounds`]);
     for (const d of spec.disks) {
       const t = this.tracker(spec, d);
@@ -279,9 +288,10 @@ export class XenDriver implements HypervisorDriver {
     // After xl's handover nothing writes the source disks any more: the trackers may drain.
     const final = (await this.state(spec)) === 'absent';
     const out: Record<string, Extent[]> = {};
-    for (const d of spec.disks) out[d.vdev] = await this.tracker(spec, d).round(final);
-    // A crash after the trackers moved on but before this file re-lists only later writes next
-    // time, so the round file is what this round returns, once and for all.
+    // Each tracker answers a retry of round n with at least its first answer, so a crash or a
+    // failure of one disk before this file is written loses nothing; the file makes the round's
+    // answer final once it is whole.
+    for (const d of spec.disks) out[d.vdev] = await this.tracker(spec, d).round(round, final);
     await writeState(this.ex, this.roundFile(spec, round), out);
     return out;
   }
@@ -310,7 +320,14 @@ export class XenDriver implements HypervisorDriver {
   }
 
   async stopDirtyTracking(spec: InstanceSpec): Promise<void> {
-    for (const d of spec.disks) await this.tracker(spec, d).stop();
+    // Every disk, even when one fails: one stuck tracker must not leave the others in place.
+    const failed: string[] = [];
+    for (const d of spec.disks) {
+      await this.tracker(spec, d)
+        .stop()
+        .catch((err: Error) => failed.push(`${d.vdev}: ${err.message}`));
+    }
+    if (failed.length) throw new FerryError(ErrorTypes.DriverError, `could not remove the write tracking of ${spec.id}: ${failed.join('; ')}`);
     await runOk(this.ex, 'rm', ['-rf', '--', `${this.dir(spec)}/rounds`]);
     // Rolled back: nothing of Ferry's stays (a migration record, if any, keeps the folder).
     await this.ex.run('rmdir', ['--', this.dir(spec)]);
@@ -413,7 +430,8 @@ export class XenDriver implements HypervisorDriver {
 
   /** Runs a command on the peer dom0, through the same root ssh trust `xl migrate` uses. */
   private onPeer(peer: string, cmd: string[]) {
-    return this.ex.run('ssh', ['-o', 'BatchMode=yes', '-o', 'ConnectTimeout=10', '--', peer, ...cmd]);
+    // ssh joins the words for the peer's shell: each is quoted, so a path stays one word.
+    return this.ex.run('ssh', ['-o', 'BatchMode=yes', '-o', 'ConnectTimeout=10', '--', peer, ...cmd.map(shellQuote)]);
   }
 
   /** `xl list` on the peer. */

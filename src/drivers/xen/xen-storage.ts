@@ -27,7 +27,9 @@ export function destinationDisk(disk: DiskSpec, opts: XenStorageOptions): DiskSp
     const { vg, lv } = lvPathParts(disk.path);
     return { ...disk, path: `/dev/${opts.volumeGroup ?? vg}/${lv}` };
   }
-  const rule = opts.pathMap?.find((r) => disk.path.startsWith(r.from));
+  // A prefix is a whole folder: `/img` maps `/img/a`, not `/img2/a`.
+  const under = (from: string) => (from.endsWith('/') ? disk.path.startsWith(from) : disk.path === from || disk.path.startsWith(`${from}/`));
+  const rule = opts.pathMap?.find((r) => under(r.from));
   return rule ? { ...disk, path: rule.to + disk.path.slice(rule.from.length) } : disk;
 }
 

@@ -68,7 +68,7 @@ export function addInventoryCommands(program: Command, ctx: CliContext, run: Run
             taskQueue: CONTROL_TASK_QUEUE,
             workflowId: syncWorkflowId(name),
             args: [{ node: name } satisfies SyncNodeInput],
-            workflowExecutionTimeout: '15m',
+            workflowExecutionTimeout: '15m', // 3 attempts of a 4-minute discovery, and the rest
           });
         } catch (err) {
           if (err instanceof WorkflowExecutionAlreadyStartedError) throw new CliError(`a sync of ${name} is already running`, EXIT.refused);

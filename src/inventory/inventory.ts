@@ -332,11 +332,18 @@ export class Inventory implements InventoryRepository {
    */
   syncInstances(node: string, found: InstanceSpec[]): SyncReport {
     const host = parseInput(idSchema, node, 'node');
-    const specs = found.map((f) => parseInput(instanceSpecSchema, f, 'instance spec'));
+    // One odd guest is reported, not a reason to record none of the others.
+    const invalid: SyncReport['conflicts'] = [];
+    const specs: InstanceSpec[] = [];
+    for (const f of found) {
+      const r = instanceSpecSchema.safeParse(f);
+      if (r.success) specs.push(r.data as InstanceSpec);
+      else invalid.push({ id: String((f as { id?: unknown }).id), reason: `not a valid description: ${r.error.issues.map((i) => `${i.path.join('.') || 'spec'}: ${i.message}`).join('; ')}` });
+    }
     return this.db
       .transaction((): SyncReport => {
         const n = this.getNode(host);
-        const report: SyncReport = { node: host, added: [], updated: [], unchanged: [], conflicts: [], missing: [], overCapacity: false };
+        const report: SyncReport = { node: host, added: [], updated: [], unchanged: [], conflicts: [...invalid], missing: [], overCapacity: false };
         const t = now();
         for (const spec of specs) {
           if (spec.hypervisor !== n.hypervisor) {

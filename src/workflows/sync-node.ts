@@ -1,5 +1,6 @@
 // `ferry node sync NODE`: asks the node's worker what its hypervisor runs, then records it in the
-// inventory on the controller. Two activities, no side effect on the host.
+// inventory on the controller. Nothing on the host changes (at most a kernel module is loaded to
+// learn whether era tracking is available).
 //
 // Deterministic code only: no Node built-ins, no I/O; activities are imported as types.
 import { proxyActivities } from '@temporalio/workflow';
@@ -19,7 +20,7 @@ export async function syncNode(input: SyncNodeInput): Promise<SyncNodeResult> {
   const host = proxyActivities<NodeActivities>({
     taskQueue: taskQueueForNode(input.node),
     scheduleToStartTimeout: '30s',
-    startToCloseTimeout: '10m',
+    startToCloseTimeout: '4m',
     heartbeatTimeout: '30s',
     retry,
   });

@@ -357,6 +357,8 @@ export class XenDriver implements HypervisorDriver {
         await writeState(this.ex, this.migrationFile(spec), { totalMs: 0, peer } satisfies MigrationRecord);
         return;
       }
+      // The peer could not be asked: the guest may be there. Retry rather than conclude.
+      if (typeof there === 'string') throw new FerryError(ErrorTypes.MemoryMigrationFailed, `${spec.id} is not on this host, and ${peer} cannot be asked: ${there}`);
       throw new FerryError(ErrorTypes.InstanceNotRunning, `${spec.id} is not on this host, and ${peer} shows ${describe(there)}: nothing to migrate`);
     }
     if (st !== 'running' && st !== 'paused') throw new FerryError(ErrorTypes.InstanceNotRunning, `${spec.id} is ${st} here: nothing to migrate`);

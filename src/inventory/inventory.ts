@@ -8,6 +8,7 @@ import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { totalDiskBytes, type InstanceSpec } from '../shared/instance.js';
 import type { Phase } from '../shared/names.js';
+import type { SyncReport } from '../shared/messages.js';
 import { FerryError, ErrorTypes } from '../shared/errors.js';
 import { migrate } from './schema.js';
 import type {
@@ -48,19 +49,7 @@ export interface AddInstanceInput {
   state?: InstanceState;
 }
 
-/** What `syncInstances` did with what a host said it runs. */
-export interface SyncReport {
-  node: string;
-  added: string[];
-  updated: string[];
-  unchanged: string[];
-  /** Found on the host but not recorded, with the reason (another host holds the id, a migration runs). */
-  conflicts: { id: string; reason: string }[];
-  /** Recorded on this node, not found on the host: left as they are, for the operator to look at. */
-  missing: string[];
-  /** The node's recorded capacity is smaller than what it runs. */
-  overCapacity: boolean;
-}
+export type { SyncReport };
 
 export interface CommitResult {
   /** false when the migration was already committed: the second run changed nothing. */

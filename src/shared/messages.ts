@@ -14,16 +14,22 @@ export interface SyncNodeInput {
   node: string;
 }
 
-/** What `ferry node sync` reports (the inventory's SyncReport, plus what the host could not offer). */
-export interface SyncNodeResult {
+/** What Inventory.syncInstances did with what a host said it runs. */
+export interface SyncReport {
   node: string;
   added: string[];
   updated: string[];
   unchanged: string[];
+  /** Found on the host but not recorded, with the reason (another host holds the id, a migration runs). */
   conflicts: { id: string; reason: string }[];
+  /** Recorded on this node, not found on the host: left as they are, for the operator to look at. */
   missing: string[];
+  /** The node's recorded capacity is smaller than what it runs. */
   overCapacity: boolean;
-  /** Guests the host runs that Ferry cannot migrate, with the reason. */
+}
+
+/** What `ferry node sync` reports: the inventory's side, and the guests the host cannot offer, with the reason. */
+export interface SyncNodeResult extends SyncReport {
   refused: { name: string; reason: string }[];
 }
 

@@ -267,7 +267,7 @@ describe('Xen end to end: an operator\'s guest (xl create, an LV and an image fi
     expect((await lab.host('xb').ssh.run('xl', ['network-list', 'x1'])).stdout, 'MAC unchanged').toContain(labMac('x1'));
 
     const moved = lab.inventory.getInstance('x1');
-    expect(moved.spec.disks.map((d) => d.path)).toEqual(['domain x1', X1_LV, X1_FILE]);
+    expect(moved.spec.disks.map((d) => d.path)).toEqual([X1_LV, X1_FILE]);
     expect(usage('xa').memoryMiB).toBe(before.a.memoryMiB + 128);
     expect(usage('xa').diskBytes).toBe(before.a.diskBytes + X1_DISK_BYTES);
     expect(usage('xb').memoryMiB).toBe(before.b.memoryMiB - 128);

@@ -26,6 +26,9 @@ for (let i = 0; i < Number(iterations); i++) {
   } catch (err) {
     if (err instanceof FerryError && err.type === 'DestinationFull') result.full++;
     else result.other.push(String(err));
+    // A refusal returns at once: without a pause, one process could spend all its iterations
+    // while the other holds the slot once (seen in CI: 0 of 400 won), and the race would not be one.
+    Atomics.wait(pause, 0, 0, 1);
   }
 }
 inv.close();

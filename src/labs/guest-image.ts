@@ -3,7 +3,7 @@
 // `.cache/guest` (git-ignored), so no binary is ever committed.
 import { execFile, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { createWriteStream } from 'node:fs';
+import { createWriteStream, readdirSync } from 'node:fs';
 import { chmod, copyFile, mkdir, mkdtemp, readdir, readFile, rename, rm, symlink, writeFile } from 'node:fs/promises';
 import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -75,7 +75,8 @@ async function downloadKernelDeb(workDir: string): Promise<string> {
 
 async function findFiles(root: string, match: (name: string) => boolean): Promise<string[]> {
   const out: string[] = [];
-  for (const ent of await readdir(root, { withFileTypes: true, recursive: true })) {
+  // Sync: Node 20's promise readdir with `recursive` can leave its promise unsettled.
+  for (const ent of readdirSync(root, { withFileTypes: true, recursive: true })) {
     if (ent.isFile() && match(ent.name)) out.push(join(ent.parentPath ?? (ent as unknown as { path: string }).path, ent.name));
   }
   return out;
@@ -123,7 +124,8 @@ async function fetchKernel(kernelDir: string): Promise<void> {
 /** Packs a directory into a newc cpio archive (an initramfs), every file owned by root. */
 export async function packCpio(dir: string, outFile: string): Promise<void> {
   const entries = ['.'];
-  for (const ent of await readdir(dir, { withFileTypes: true, recursive: true })) {
+  // Sync: Node 20's promise readdir with `recursive` can leave its promise unsettled.
+  for (const ent of readdirSync(dir, { withFileTypes: true, recursive: true })) {
     const parent = ent.parentPath ?? (ent as unknown as { path: string }).path;
     entries.push(relative(dir, join(parent, ent.name)));
   }

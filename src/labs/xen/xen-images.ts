@@ -2,7 +2,7 @@
 // tree (debootstrap, reused when present), the Xen hypervisor unpacked from it, an ext4 image of
 // the tree (mkfs.ext4 -d: no loop mounts), and the PVH guest's kernel + initramfs.
 import { execFile, spawn } from 'node:child_process';
-import { createWriteStream } from 'node:fs';
+import { createWriteStream, readdirSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { access, chmod, copyFile, mkdir, mkdtemp, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
@@ -192,7 +192,9 @@ async function ensureXenGuest(cacheDir: string, tree: string): Promise<{ kernel:
   try {
     await mkdir(join(staging, 'lib', 'modules'), { recursive: true });
     const modRoot = join(tree, 'lib', 'modules', version);
-    const all = await readdir(modRoot, { recursive: true });
+    // Sync on purpose: Node 20's promise readdir with `recursive` can leave its promise unsettled
+    // (seen in CI: the image build exited 13, "unsettled top-level await", in this call).
+    const all = readdirSync(modRoot, { recursive: true, encoding: 'utf8' });
     for (const m of XEN_GUEST_MODULES) {
       const rel = all.find((p) => /\.ko(\.xz)?$/.test(p) && p.slice(p.lastIndexOf('/') + 1).replace(/\.ko(\.xz)?$/, '') === m);
       if (!rel) throw new FerryError(ErrorTypes.DriverError, `module ${m} not found under ${modRoot}`);

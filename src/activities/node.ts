@@ -14,7 +14,8 @@ import { sha256OfSource } from '../dataplane/digest.js';
 import { targetAsSource } from '../dataplane/disk-target.js';
 import type { ReceiverEndpoint, TransferProgress } from '../dataplane/types.js';
 import type { MigrationOptions } from '../shared/options.js';
-import { progressSignal } from '../shared/messages.js';
+import { progressSignal, type ProgressReport } from '../shared/messages.js';
+import { recordDiskProgress, recordMemoryProgress, recordStreamStopped, streamKindLabel } from '../workers/metrics.js';
 import { FerryError, ErrorTypes, toFailure } from '../shared/errors.js';
 import { extentsFrom, totalLength, type Extent } from '../shared/extents.js';
 
@@ -88,7 +89,7 @@ export function createNodeActivities(deps: NodeActivityDeps) {
 
   function reporter(migrationId: string) {
     let last = 0;
-    return (report: { stream: string; bytesDone: number; bytesTotal: number; rateBytesPerSec: number; wireBytes: number }, force = false) => {
+    return (report: ProgressReport, force = false) => {
       const now = Date.now();
       if (!deps.client || (!force && now - last < 2000)) return;
       last = now;
@@ -225,6 +226,8 @@ export function createNodeActivities(deps: NodeActivityDeps) {
           if (!endpoint) throw new FerryError(ErrorTypes.BadInput, `no receiver for disk ${disk.vdev} of ${spec.id}`);
           if (extents.length === 0) continue;
           const before = { done: total.doneBytes, wire: total.wireBytes };
+          // What this disk's stream has already counted in the metrics (progress reports are cumulative).
+          let counted = { done: 0, wire: 0 };
           const source = await driver.openDisk(spec, disk.vdev);
           try {
             log.info({ streamId, vdev: disk.vdev, dirtyBytes: totalLength(extents), startOffset, remaining: totalLength(extentsFrom(extents, startOffset)) }, 'stream start');
@@ -238,21 +241,25 @@ export function createNodeActivities(deps: NodeActivityDeps) {
                 ctx.heartbeat({ disk: i, ackedOffset: p.ackedOffset } satisfies StreamCheckpoint);
                 const done = before.done + p.doneBytes;
                 const elapsed = Date.now() - t0;
-                report({ stream: streamId, bytesDone: done, bytesTotal: dirtyBytes, rateBytesPerSec: elapsed > 0 ? Math.round((done / elapsed) * 1000) : 0, wireBytes: before.wire + p.wireBytes });
+                recordDiskProgress(streamKindLabel(streamId), p.doneBytes - counted.done, p.wireBytes - counted.wire, elapsed > 0 ? (done / elapsed) * 1000 : 0);
+                counted = { done: p.doneBytes, wire: p.wireBytes };
+                report({ kind: 'disk', stream: streamId, bytesDone: done, bytesTotal: dirtyBytes, rateBytesPerSec: elapsed > 0 ? Math.round((done / elapsed) * 1000) : 0, wireBytes: before.wire + p.wireBytes });
               },
             });
+            recordDiskProgress(streamKindLabel(streamId), r.doneBytes - counted.done, r.wireBytes - counted.wire, 0);
             total.doneBytes += r.doneBytes;
             total.wireBytes += r.wireBytes;
             total.zeroBytes += r.zeroBytes;
             log.info({ ...r, vdev: disk.vdev }, 'stream done');
           } finally {
+            recordStreamStopped('disk');
             await source.close();
           }
           // The next disk starts from its beginning, also after a retry.
           ctx.heartbeat({ disk: i + 1, ackedOffset: 0 } satisfies StreamCheckpoint);
         }
         total.elapsedMs = Date.now() - t0;
-        report({ stream: streamId, bytesDone: total.doneBytes, bytesTotal: dirtyBytes, rateBytesPerSec: total.elapsedMs > 0 ? Math.round((total.doneBytes / total.elapsedMs) * 1000) : 0, wireBytes: total.wireBytes }, true);
+        report({ kind: 'disk', stream: streamId, bytesDone: total.doneBytes, bytesTotal: dirtyBytes, rateBytesPerSec: total.elapsedMs > 0 ? Math.round((total.doneBytes / total.elapsedMs) * 1000) : 0, wireBytes: total.wireBytes }, true);
         return total;
       });
     },
@@ -276,6 +283,8 @@ export function createNodeActivities(deps: NodeActivityDeps) {
         const report = reporter(migrationId);
         const ctx = Context.current();
         let last: unknown;
+        // The rate over the last report, where the hypervisor gives none of its own.
+        let prev: { at: number; bytes: number } | undefined;
         const abort = () => void driver.cancelMigration(spec).catch(() => undefined);
         ctx.cancellationSignal.addEventListener('abort', abort);
         try {
@@ -287,12 +296,28 @@ export function createNodeActivities(deps: NodeActivityDeps) {
                 bandwidthBytesPerSec: options.bandwidthBytesPerSec || undefined,
                 onProgress: (p) => {
                   last = p;
-                  report({ stream: 'memory', bytesDone: p.transferredBytes, bytesTotal: p.totalBytes, rateBytesPerSec: 0, wireBytes: p.transferredBytes });
+                  const now = Date.now();
+                  const measured = prev && now > prev.at ? Math.round(((p.transferredBytes - prev.bytes) / (now - prev.at)) * 1000) : 0;
+                  prev = { at: now, bytes: p.transferredBytes };
+                  recordMemoryProgress(p.transferredBytes, p.rateBytesPerSec ?? Math.max(0, measured));
+                  report({
+                    kind: 'memory',
+                    stream: 'memory',
+                    status: p.status,
+                    bytesDone: p.transferredBytes,
+                    bytesTotal: p.totalBytes,
+                    remainingBytes: p.remainingBytes,
+                    rateBytesPerSec: p.rateBytesPerSec ?? Math.max(0, measured),
+                    wireBytes: p.transferredBytes,
+                    dirtyPagesRate: p.dirtyPagesRate,
+                    iteration: p.iteration,
+                  });
                 },
               }),
             () => last,
           );
         } finally {
+          recordStreamStopped('memory');
           ctx.cancellationSignal.removeEventListener('abort', abort);
         }
       });
@@ -311,6 +336,7 @@ export function createNodeActivities(deps: NodeActivityDeps) {
           try {
             out[d.vdev] = await withHeartbeat(() => sha256OfSource(source));
           } finally {
+            recordStreamStopped('disk');
             await source.close();
           }
         }

@@ -1,17 +1,20 @@
 // `ferry migrate`, `status`, `cancel`, `list`, `history`, `replay`: the commands that talk to
 // Temporal about migrations.
 import { readFile, writeFile } from 'node:fs/promises';
+import { randomUUID } from 'node:crypto';
 import { WorkflowExecutionAlreadyStartedError, WorkflowFailedError, WorkflowNotFoundError, WorkflowUpdateFailedError, type WorkflowHandle } from '@temporalio/client';
 import { historyFromJSON } from '@temporalio/common/lib/proto-utils.js';
 import proto from '@temporalio/proto';
 import { Worker } from '@temporalio/worker';
-import { CONTROL_TASK_QUEUE, ID_PATTERN, MIGRATE_WORKFLOW_TYPE, migrationWorkflowId } from '../shared/names.js';
+import { CHECK_WORKFLOW_TYPE, CONTROL_TASK_QUEUE, ID_PATTERN, MIGRATE_WORKFLOW_TYPE, PHASES, migrationWorkflowId } from '../shared/names.js';
 import { cancelUpdate, progressQuery, type MigrateInput, type MigrationProgress, type MigrationResult } from '../shared/messages.js';
 import { SA_DESTINATION, SA_INSTANCE } from '../shared/search-attributes.js';
-import type { MigrationOptions } from '../shared/options.js';
-import { parseBandwidth, parseDuration, parseSize } from '../config/index.js';
+import type { MigrationOptionsInput } from '../shared/options.js';
+import { optionProblems } from '../shared/options-schema.js';
+import { ErrorTypes } from '../shared/errors.js';
 import { workflowsPath } from '../workers/workflows-path.js';
 import { CliError, EXIT, type CliContext } from './context.js';
+import { failureMessage, findMigration } from './find-migration.js';
 import { formatBytes, watchProgress } from './progress.js';
 
 export interface MigrateFlags {
@@ -29,33 +32,62 @@ export interface MigrateFlags {
   keepSource?: boolean;
 }
 
-/** Options given on the command line, over the config's defaults; the workflow adds the rest. */
-export function migrationOptions(ctx: CliContext, f: MigrateFlags): Partial<MigrationOptions> {
-  const d = ctx.config().defaults;
-  const o: Partial<MigrationOptions> = {
-    codec: (f.codec ?? d.codec) as MigrationOptions['codec'],
-    chunkSize: f.chunkSize ? parseSize(f.chunkSize) : d.chunkSizeBytes,
-    bandwidthBytesPerSec: f.bandwidth ? parseBandwidth(f.bandwidth) : d.bandwidthBytesPerSec,
-    downtimeMs: f.downtime ? parseDuration(f.downtime) : d.downtimeMs,
-    maxRounds: f.maxRounds ? Number(f.maxRounds) : d.maxRounds,
+/**
+ * The options given on the command line, as written: the controller lays them over its config
+ * file's defaults. Parsed here too (the same schema), so a bad value is refused at once, by name.
+ */
+const FLAG: Record<string, string> = {
+  codec: '--codec',
+  chunkSize: '--chunk-size',
+  bandwidth: '--bandwidth',
+  downtime: '--downtime',
+  maxRounds: '--max-rounds',
+};
+
+export function migrationOptions(f: MigrateFlags): MigrationOptionsInput {
+  const o: MigrationOptionsInput = {
+    codec: f.codec as MigrationOptionsInput['codec'],
+    chunkSize: f.chunkSize,
+    bandwidth: f.bandwidth,
+    downtime: f.downtime,
+    maxRounds: f.maxRounds,
+    tls: f.tls === false ? false : undefined,
+    verify: f.verify || undefined,
+    keepSource: f.keepSource || undefined,
   };
-  if (f.tls === false) o.tls = false;
-  if (f.verify) o.verifyDisk = true;
-  if (f.keepSource) o.keepSourceDisks = true;
+  for (const k of Object.keys(o) as (keyof MigrationOptionsInput)[]) if (o[k] === undefined) delete o[k];
+  const problems = optionProblems(o);
+  if (problems.length) throw new CliError(problems.map((p) => `${FLAG[p.key] ?? p.key}: ${p.message}`).join('; '), EXIT.usage);
   return o;
 }
 
-export function resolveWorkflowId(id: string): string {
-  if (id.startsWith('migrate-')) return id;
-  if (!ID_PATTERN.test(id)) throw new CliError(`invalid instance id ${JSON.stringify(id)}`, EXIT.usage);
-  return migrationWorkflowId(id);
+/** Exit codes for the controller's refusals: what a script can branch on. */
+function exitFor(type: string | undefined): number {
+  if (type === ErrorTypes.BadInput) return EXIT.usage;
+  if (type === ErrorTypes.UnknownInstance || type === ErrorTypes.UnknownNode) return EXIT.notFound;
+  return EXIT.refused;
 }
 
 export async function migrate(ctx: CliContext, instanceId: string, f: MigrateFlags): Promise<number> {
   if (!ID_PATTERN.test(instanceId)) throw new CliError(`invalid instance id ${JSON.stringify(instanceId)}: use lower-case letters, digits and dashes`, EXIT.usage);
   if (!ID_PATTERN.test(f.to)) throw new CliError(`invalid node name ${JSON.stringify(f.to)}`, EXIT.usage);
+  const input: MigrateInput = { instanceId, destination: f.to, options: migrationOptions(f) };
   const client = await ctx.client();
-  const input: MigrateInput = { instanceId, destination: f.to, options: migrationOptions(ctx, f) };
+  // The controller's own checks first, with no side effect: nothing starts that it would refuse.
+  try {
+    await client.workflow.execute(CHECK_WORKFLOW_TYPE, {
+      taskQueue: CONTROL_TASK_QUEUE,
+      workflowId: `check-${instanceId}-${randomUUID()}`,
+      args: [input],
+      workflowExecutionTimeout: '2m',
+    });
+  } catch (err) {
+    if (err instanceof WorkflowFailedError) {
+      const { message, type } = failureMessage(err);
+      throw new CliError(`${instanceId} -> ${f.to} refused${type ? ` (${type})` : ''}: ${message}`, exitFor(type));
+    }
+    throw err;
+  }
   let handle: WorkflowHandle;
   try {
     handle = await client.workflow.start(MIGRATE_WORKFLOW_TYPE, {
@@ -89,10 +121,8 @@ async function printResult(handle: WorkflowHandle, json?: boolean): Promise<numb
     return r.outcome === 'migrated' ? EXIT.ok : EXIT.rolledBack;
   } catch (err) {
     if (err instanceof WorkflowFailedError) {
-      const cause = err.cause as { message?: string; type?: string; cause?: { message?: string; type?: string } } | undefined;
-      const inner = cause?.cause ?? cause;
-      const message = inner?.message ?? err.message;
-      out(json, { outcome: 'failed', error: message, type: inner?.type }, `failed: ${message}`);
+      const { message, type } = failureMessage(err);
+      out(json, { outcome: 'failed', error: message, type }, `failed: ${message}`);
       return EXIT.failed;
     }
     throw err;
@@ -111,35 +141,62 @@ export function summarize(r: MigrationResult): string {
   return lines.join('\n');
 }
 
-export async function status(ctx: CliContext, id: string, f: { json?: boolean }): Promise<number> {
-  const client = await ctx.client();
-  const handle = client.workflow.getHandle(resolveWorkflowId(id));
-  try {
-    const d = await handle.describe();
-    let progress: MigrationProgress | undefined;
-    // A query needs a controller worker to answer; right after a workflow closes it may briefly
-    // not. Without an answer, the status alone is still useful.
-    for (let attempt = 0; attempt < 3 && !progress; attempt++) {
-      try {
-        progress = await handle.query(progressQuery);
-      } catch {
-        await new Promise((r) => setTimeout(r, 1000));
-      }
+/** The run's own state: the progress query (needs a controller worker), else what Temporal alone knows. */
+export async function readStory(handle: WorkflowHandle) {
+  const d = await handle.describe();
+  let progress: MigrationProgress | undefined;
+  // A query needs a controller worker to answer; right after a workflow closes it may briefly
+  // not. Without an answer, the status alone is still useful.
+  for (let attempt = 0; attempt < 3 && !progress; attempt++) {
+    try {
+      progress = await handle.query(progressQuery);
+    } catch {
+      if (attempt < 2) await new Promise((r) => setTimeout(r, 1000));
     }
-    // A finished migration also has its report.
-    const result = d.status.name === 'COMPLETED' ? ((await handle.result().catch(() => undefined)) as MigrationResult | undefined) : undefined;
-    const view = { workflowId: d.workflowId, runId: d.runId, status: d.status.name, startTime: d.startTime, closeTime: d.closeTime, progress, result };
-    out(f.json, view, [`${d.workflowId}: ${d.status.name}`, progress ? `  phase ${progress.phase}${progress.stream ? ` (${progress.stream})` : ''}, ${formatBytes(progress.bytesDone)}/${formatBytes(progress.bytesTotal)}, round ${progress.round}` : ''].filter(Boolean).join('\n'));
-    return EXIT.ok;
-  } catch (err) {
-    if (err instanceof WorkflowNotFoundError) throw new CliError(`no migration ${id}`, EXIT.notFound);
-    throw err;
   }
+  let result: MigrationResult | undefined;
+  let error: string | undefined;
+  if (d.status.name === 'COMPLETED') {
+    result = (await handle.result().catch(() => undefined)) as MigrationResult | undefined;
+    if (result?.outcome === 'rolled-back') error = result.reason;
+  } else if (d.status.name !== 'RUNNING') {
+    error = await handle.result().then(
+      () => undefined,
+      (err: unknown) => failureMessage(err).message,
+    );
+  }
+  error ??= progress?.error;
+  return {
+    workflowId: d.workflowId,
+    runId: d.runId,
+    status: d.status.name,
+    startTime: d.startTime.toISOString(),
+    closeTime: d.closeTime?.toISOString(),
+    progress,
+    result,
+    error,
+  };
+}
+
+export async function status(ctx: CliContext, id: string, f: { json?: boolean }): Promise<number> {
+  const story = await readStory(await findMigration(ctx, id));
+  const p = story.progress;
+  const lines = [`${story.workflowId}: ${story.status}${story.result ? ` (${story.result.outcome})` : ''}`];
+  if (p) {
+    lines.push(`  ${p.instanceId}: ${p.source ?? '?'} -> ${p.destination}, phase ${p.phase}${p.stream ? ` (${p.stream})` : ''}, round ${p.round}`);
+    if (p.disk && story.status === 'RUNNING') lines.push(`  disk ${p.disk.stream}: ${formatBytes(p.disk.bytesDone)}/${formatBytes(p.disk.bytesTotal)} at ${formatBytes(p.disk.rateBytesPerSec)}/s${p.disk.etaMs !== undefined ? `, ETA ${Math.ceil(p.disk.etaMs / 1000)} s` : ''}`);
+    if (p.memory && story.status === 'RUNNING') {
+      const m = p.memory;
+      lines.push(`  memory (${m.status}): ${formatBytes(m.transferredBytes)} sent, ${formatBytes(m.remainingBytes)} left at ${formatBytes(m.rateBytesPerSec)}/s${m.iteration !== undefined ? `, iteration ${m.iteration}` : ''}${m.dirtyPagesRate !== undefined ? `, ${m.dirtyPagesRate} dirty pages/s` : ''}`);
+    }
+  }
+  if (story.error) lines.push(`  reason: ${story.error}`);
+  out(f.json, story, lines.join('\n'));
+  return EXIT.ok;
 }
 
 export async function cancel(ctx: CliContext, id: string, f: { reason?: string; json?: boolean }): Promise<number> {
-  const client = await ctx.client();
-  const handle = client.workflow.getHandle(resolveWorkflowId(id));
+  const handle = await findMigration(ctx, id);
   try {
     const msg = await handle.executeUpdate(cancelUpdate, { args: [f.reason ?? 'cancelled by operator'] });
     out(f.json, { cancelled: true, message: msg }, msg);
@@ -170,31 +227,78 @@ export async function cancel(ctx: CliContext, id: string, f: { reason?: string; 
   }
 }
 
-export async function list(ctx: CliContext, f: { json?: boolean; limit?: string }): Promise<number> {
+export interface ListFilters {
+  json?: boolean;
+  limit?: string;
+  instance?: string;
+  node?: string;
+  phase?: string;
+  outcome?: string;
+}
+
+const OUTCOMES = ['migrated', 'rolled-back', 'failed'];
+
+/** A visibility query from the filters; every value is checked first, so none can break out of its quotes. */
+export function listQuery(f: ListFilters): string {
+  const parts = [`WorkflowType = '${MIGRATE_WORKFLOW_TYPE}'`];
+  const id = (flag: string, v: string) => {
+    if (!ID_PATTERN.test(v)) throw new CliError(`--${flag}: invalid ${flag} ${JSON.stringify(v)}`, EXIT.usage);
+    return v;
+  };
+  if (f.instance) parts.push(`FerryInstance = '${id('instance', f.instance)}'`);
+  if (f.node) parts.push(`(FerrySource = '${id('node', f.node)}' OR FerryDestination = '${f.node}')`);
+  if (f.phase) {
+    const phases: string[] = [...PHASES, 'rolling-back', 'rolled-back', 'failed'];
+    if (!phases.includes(f.phase)) throw new CliError(`--phase: one of ${phases.join(', ')}`, EXIT.usage);
+    parts.push(`FerryPhase = '${f.phase}'`);
+  }
+  if (f.outcome) {
+    if (!OUTCOMES.includes(f.outcome)) throw new CliError(`--outcome: one of ${OUTCOMES.join(', ')}`, EXIT.usage);
+    parts.push(`FerryOutcome = '${f.outcome}'`);
+  }
+  return parts.join(' AND ');
+}
+
+export async function list(ctx: CliContext, f: ListFilters): Promise<number> {
+  const limit = Number(f.limit ?? 50);
+  if (!Number.isInteger(limit) || limit < 1) throw new CliError(`--limit: a whole number above 0`, EXIT.usage);
+  const query = listQuery(f);
   const client = await ctx.client();
   const rows: Record<string, unknown>[] = [];
-  const limit = Number(f.limit ?? 50);
-  for await (const w of client.workflow.list({ query: `WorkflowType = '${MIGRATE_WORKFLOW_TYPE}'` })) {
+  for await (const w of client.workflow.list({ query })) {
     const sa = w.searchAttributes as Record<string, unknown[] | undefined>;
+    let reason = (w.memo as { reason?: unknown } | undefined)?.reason as string | undefined;
+    // A failed run from before the reason went into the memo: its failure says why.
+    if (!reason && w.status.name === 'FAILED') {
+      reason = await client.workflow.getHandle(w.workflowId, w.runId).result().then(
+        () => undefined,
+        (err: unknown) => failureMessage(err).message,
+      );
+    }
     rows.push({
       workflowId: w.workflowId,
+      runId: w.runId,
       status: w.status.name,
       start: w.startTime.toISOString(),
       close: w.closeTime?.toISOString(),
+      instance: sa.FerryInstance?.[0],
       phase: sa.FerryPhase?.[0],
       source: sa.FerrySource?.[0],
       destination: sa.FerryDestination?.[0],
       outcome: sa.FerryOutcome?.[0],
+      reason,
     });
     if (rows.length >= limit) break;
   }
-  out(f.json, rows, rows.map((r) => `${r.workflowId}\t${r.status}\t${r.phase ?? ''}\t${r.source ?? '?'} -> ${r.destination ?? '?'}\t${r.start}`).join('\n') || 'no migrations');
+  const text = rows
+    .map((r) => [r.workflowId, r.instance ?? '?', r.status, r.outcome ?? r.phase ?? '', `${r.source ?? '?'} -> ${r.destination ?? '?'}`, r.start, r.reason ? `reason: ${r.reason}` : ''].join('\t').trimEnd())
+    .join('\n');
+  out(f.json, rows, text || 'no migrations');
   return EXIT.ok;
 }
 
 export async function history(ctx: CliContext, id: string, f: { out?: string }): Promise<number> {
-  const client = await ctx.client();
-  const handle = client.workflow.getHandle(resolveWorkflowId(id));
+  const handle = await findMigration(ctx, id);
   // Serialized with the proto classes the client itself decoded it with (proto3 JSON field names,
   // enum names, 64-bit numbers as strings); `replay` reads it back with the same classes.
   const history = proto.temporal.api.history.v1.History.fromObject(await handle.fetchHistory());

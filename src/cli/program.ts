@@ -4,6 +4,7 @@ import { Command, Option } from 'commander';
 import { createContext, CliError, EXIT, type CliContext } from './context.js';
 import * as mig from './migrate-commands.js';
 import * as inv from './inventory-commands.js';
+import { show } from './show-command.js';
 import { loadConfig } from '../config/index.js';
 
 export function buildProgram(): { program: Command; ctx: CliContext; result: { code: number } } {
@@ -46,9 +47,17 @@ export function buildProgram(): { program: Command; ctx: CliContext; result: { c
   program
     .command('status')
     .description('show the phase and progress of a migration')
-    .argument('<id>', 'instance id or workflow id (migrate-<instance>)')
+    .argument('<id>', 'instance id (its running or newest migration) or workflow id')
     .option('--json', 'print JSON')
     .action(run((id: string, f: { json?: boolean }) => mig.status(ctx, id, f)));
+
+  program
+    .command('show')
+    .description('the whole story of one migration, finished or not: phases, the pause in parts, streams, rounds, errors')
+    .argument('<id>', 'instance id (its running or newest migration) or workflow id')
+    .option('--json', 'print JSON')
+    .option('--svg <file>', 'also draw it: phases, throughput and the pause, as an SVG file')
+    .action(run((id: string, f: { json?: boolean; svg?: string }) => show(ctx, id, f)));
 
   program
     .command('cancel')
@@ -60,15 +69,19 @@ export function buildProgram(): { program: Command; ctx: CliContext; result: { c
 
   program
     .command('list')
-    .description('list migrations (running and recent)')
+    .description('list migrations (running and recent), newest first, with the reason of failed and rolled-back ones')
     .option('--json', 'print a JSON array')
     .option('--limit <n>', 'at most n rows', '50')
-    .action(run((f: { json?: boolean; limit?: string }) => mig.list(ctx, f)));
+    .option('--instance <id>', 'only migrations of this instance')
+    .option('--node <name>', 'only migrations from or to this node')
+    .option('--phase <phase>', 'only migrations now in (or ended in) this phase')
+    .option('--outcome <outcome>', 'only migrations that ended so: migrated, rolled-back or failed')
+    .action(run((f: mig.ListFilters) => mig.list(ctx, f)));
 
   program
     .command('history')
     .description("export a migration's Temporal event history as JSON")
-    .argument('<id>', 'instance id or workflow id')
+    .argument('<id>', 'instance id (its running or newest migration) or workflow id')
     .option('-o, --out <file>', 'write to a file instead of stdout')
     .action(run((id: string, f: { out?: string }) => mig.history(ctx, id, f)));
 
@@ -110,9 +123,11 @@ export async function main(argv: string[]): Promise<number> {
     await program.parseAsync(argv);
     return result.code;
   } catch (err) {
-    const e = err as { code?: string; exitCode?: number; message?: string };
-    if (e.code === 'commander.helpDisplayed' || e.code === 'commander.version' || e.code === 'commander.help') return EXIT.ok;
-    if (e.code?.startsWith('commander.')) return EXIT.usage;
+    // `code` is commander's string, or a number from gRPC or the file system: check before reading it.
+    const e = err as { code?: unknown; exitCode?: number; message?: string };
+    const code = typeof e.code === 'string' ? e.code : '';
+    if (code === 'commander.helpDisplayed' || code === 'commander.version' || code === 'commander.help') return EXIT.ok;
+    if (code.startsWith('commander.')) return EXIT.usage;
     if (err instanceof CliError) {
       process.stderr.write(`ferry: ${err.message}\n`);
       return err.exitCode;

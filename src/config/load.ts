@@ -24,12 +24,9 @@ export const ENV_OVERRIDES: Readonly<Record<string, readonly string[]>> = {
   FERRY_BANDWIDTH: ['defaults', 'bandwidth'],
   FERRY_DOWNTIME: ['defaults', 'downtime'],
   FERRY_MAX_ROUNDS: ['defaults', 'maxRounds'],
-  FERRY_ROUND_TIMEOUT: ['defaults', 'roundTimeout'],
   FERRY_LOG_LEVEL: ['log', 'level'],
+  FERRY_METRICS_ADDRESS: ['metrics', 'address'],
 };
-
-// Keys whose YAML value is a number; their environment string is converted when it is one.
-const NUMERIC_KEYS = new Set(['defaults.maxRounds']);
 
 export interface LoadConfigOptions {
   /** Config file path (`--config`); falls back to env.FERRY_CONFIG; none = defaults + env. */
@@ -85,8 +82,8 @@ export function loadConfig(opts: LoadConfigOptions = {}): FerryConfig {
       target = target[key] as Record<string, unknown>;
     }
     const dotted = path.join('.');
-    const num = Number(value);
-    target[path[path.length - 1]!] = NUMERIC_KEYS.has(dotted) && value.trim() !== '' && Number.isFinite(num) ? num : value;
+    // Kept as text: the schema parses numbers out of strings where a key takes one (maxRounds).
+    target[path[path.length - 1]!] = value;
     fromEnv.set(dotted, name);
   }
 

@@ -1,27 +1,14 @@
 // The shape of ferry.yaml, with defaults, limits and unit parsing. Unknown keys are refused so a
 // typo ("adress") is an error instead of a silently ignored setting.
 import { z } from 'zod';
-import { CODECS } from '../dataplane/types.js';
+import { defaultsSectionSchema } from '../shared/options-schema.js';
 import { ID_PATTERN } from '../shared/names.js';
-import { parseBandwidth, parseDuration, parseSize } from './units.js';
+import { isSocketAddress, joinHostPort, splitHostPort } from '../shared/host-port.js';
 
-/** The paper's dead zone was 20-24 s; Ferry never lets the guest stay paused that long. */
-export const MAX_DOWNTIME_MS = 20_000;
+export { MAX_DOWNTIME_MS } from '../shared/options.js';
 
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
 export type LogLevel = (typeof LOG_LEVELS)[number];
-
-/** A string-or-number field run through one of the unit parsers; its error becomes the issue. */
-function unit(parse: (v: string | number) => number) {
-  return z.union([z.string(), z.number()]).transform((v, ctx) => {
-    try {
-      return parse(v);
-    } catch (err) {
-      ctx.addIssue({ code: 'custom', message: (err as Error).message });
-      return z.NEVER;
-    }
-  });
-}
 
 const pathString = z.string().min(1).refine((p) => !p.includes('\0'), 'must not contain NUL');
 const address = z
@@ -88,25 +75,33 @@ const nodeSchema = z
   })
   .transform((n) => ({ ...n, stateDir: n.stateDir ?? `/var/lib/ferry/nodes/${n.name}` }));
 
-const defaultsSchema = z.strictObject({
-  codec: z.enum(CODECS as readonly ['lzo', 'none']).default('lzo'),
-  chunkSize: unit(parseSize)
-    .prefault('1MiB')
-    .refine((n) => n >= 4096 && n <= 64 * 2 ** 20 && n % 4096 === 0, 'must be a multiple of 4KiB between 4KiB and 64MiB'),
-  bandwidth: unit(parseBandwidth).prefault(0),
-  downtime: unit(parseDuration)
-    .prefault('2s')
-    .refine((n) => n > 0, 'must be more than 0')
-    .refine((n) => n <= MAX_DOWNTIME_MS, 'must be at most 20s (the guest never stays paused longer)'),
-  maxRounds: z.number().int().min(1).max(1000).default(8),
-  roundTimeout: unit(parseDuration)
-    .prefault('10m')
-    .refine((n) => n > 0, 'must be more than 0'),
-});
+// Per-migration defaults: the same schema, keys and limits as `ferry migrate`'s flags and the
+// workflow input's options (src/shared/options-schema.ts).
+const defaultsSchema = defaultsSectionSchema;
 
 const logSchema = z.strictObject({
   level: z.enum(LOG_LEVELS).default('info'),
 });
+
+// Prometheus metrics of the worker (src/workers/metrics.ts), served only when the section is
+// present. `address` serves Ferry's metrics plus the Temporal SDK's, which the SDK exports on
+// `temporalAddress` (an IP and port; default: address's port + 1 on the same host).
+const hostPort = address.refine((a) => splitHostPort(a) !== undefined, 'must be host:port ([v6]:port for IPv6)');
+const metricsSchema = z
+  .strictObject({
+    address: hostPort.default('127.0.0.1:9464'),
+    temporalAddress: hostPort.refine(isSocketAddress, 'must be an IP address and port (the Temporal SDK takes no host names)').optional(),
+  })
+  .transform((m, ctx) => {
+    if (m.temporalAddress !== undefined) return { address: m.address, temporalAddress: m.temporalAddress };
+    const { host, port } = splitHostPort(m.address)!;
+    const temporalAddress = joinHostPort(host, port + 1);
+    if (port === 0 || port === 65535 || !isSocketAddress(temporalAddress)) {
+      ctx.addIssue({ code: 'custom', path: ['temporalAddress'], message: `is required when address is ${m.address} (it defaults to an IP address and address's port + 1)` });
+      return z.NEVER;
+    }
+    return { address: m.address, temporalAddress };
+  });
 
 export const configFileSchema = z
   .strictObject({
@@ -115,21 +110,17 @@ export const configFileSchema = z
     node: nodeSchema.optional(),
     defaults: defaultsSchema.prefault({}),
     log: logSchema.prefault({}),
+    metrics: metricsSchema.optional(),
   })
   .transform((c) => ({
     temporal: c.temporal,
     inventory: c.inventory,
     node: c.node,
-    // Parsed into numbers whose names carry their unit, so no caller guesses what 1 means.
-    defaults: {
-      codec: c.defaults.codec,
-      chunkSizeBytes: c.defaults.chunkSize,
-      bandwidthBytesPerSec: c.defaults.bandwidth,
-      downtimeMs: c.defaults.downtime,
-      maxRounds: c.defaults.maxRounds,
-      roundTimeoutMs: c.defaults.roundTimeout,
-    },
+    // Only the keys the file (or environment) set, parsed into MigrationOptions' units; the
+    // controller lays them under what each migration asks for.
+    defaults: c.defaults,
     log: c.log,
+    metrics: c.metrics,
   }));
 
 /** The validated configuration. Sizes are bytes, rates bytes/s (0 = unlimited), durations ms. */

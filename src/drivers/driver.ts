@@ -32,6 +32,10 @@ export interface MemoryProgress {
   remainingBytes: number;
   totalBytes: number;
   dirtyPagesRate?: number;
+  /** Pre-copy passes over memory so far (QEMU dirty-sync-count). */
+  iteration?: number;
+  /** The hypervisor's own throughput figure, where it gives one (QEMU mbps). */
+  rateBytesPerSec?: number;
 }
 
 export interface MemoryResult {

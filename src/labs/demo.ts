@@ -127,7 +127,7 @@ async function main(): Promise<number> {
     const handle = await lab.client.workflow.start(MIGRATE_WORKFLOW_TYPE, {
       taskQueue: CONTROL_TASK_QUEUE,
       workflowId: migrationWorkflowId(id),
-      args: [{ instanceId: id, destination, options: { verifyDisk: true } }],
+      args: [{ instanceId: id, destination, options: { verify: true } }],
       typedSearchAttributes: [
         { key: SA_INSTANCE, value: id },
         { key: SA_DESTINATION, value: destination },

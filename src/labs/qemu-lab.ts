@@ -51,6 +51,11 @@ export interface GuestOptions {
 
 export type Lab = Awaited<ReturnType<typeof startQemuLab>>;
 
+/** The lab controller's `defaults.maxRounds`. */
+export const LAB_MAX_ROUNDS = 12;
+/** Node workers' metrics port (on each node's own address; the SDK's exporter on the next port). */
+const LAB_METRICS_PORT = 9464;
+
 export async function startQemuLab(opts: LabOptions = {}) {
   const dir = opts.dir ?? '/var/tmp/ferry-lab';
   const log = opts.log ?? (() => undefined);
@@ -80,6 +85,8 @@ export async function startQemuLab(opts: LabOptions = {}) {
     stringify({
       temporal: { address: workerTemporalAddress, namespace: 'default' },
       inventory: { path: inventoryPath },
+      // Not the built-in 8: a run shows it took the controller's config defaults (a UI start too).
+      defaults: { maxRounds: LAB_MAX_ROUNDS },
       log: { level: 'info' },
     }),
   );
@@ -122,7 +129,14 @@ export async function startQemuLab(opts: LabOptions = {}) {
       return workers.start(
         name,
         ['worker', '--node', name],
-        { FERRY_CONFIG: configPath, FERRY_NODE: name, FERRY_DATA_ADDRESS: n.dataAddress, FERRY_STATE_DIR: nodeStateDir(name) },
+        {
+          FERRY_CONFIG: configPath,
+          FERRY_NODE: name,
+          FERRY_DATA_ADDRESS: n.dataAddress,
+          FERRY_STATE_DIR: nodeStateDir(name),
+          // Prometheus metrics on the node's own address (each node has its namespace): lab.metricsUrl().
+          FERRY_METRICS_ADDRESS: `${n.mgmtAddress}:${LAB_METRICS_PORT}`,
+        },
         (cmd, args, o) => runInNamespace(n.netns, cmd, args, o),
       );
     },
@@ -180,6 +194,12 @@ export async function startQemuLab(opts: LabOptions = {}) {
         await rm(join(nodeStateDir(n.name), 'disks', `${spec.id}.raw`), { force: true });
       }
       inventory.removeInstance(spec.id);
+    },
+
+    /** A node worker's Prometheus endpoint, reachable from the root namespace. */
+    metricsUrl(node: string) {
+      const n = labNodes.find((x) => x.name === node)!;
+      return `http://${n.mgmtAddress}:${LAB_METRICS_PORT}/metrics`;
     },
 
     /** Where the guest's request port answers from the root namespace, on each node. */

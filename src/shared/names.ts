@@ -15,6 +15,9 @@ export function migrationWorkflowId(instanceId: string): string {
 
 export const MIGRATE_WORKFLOW_TYPE = 'migrateInstance';
 
+/** The read-only check `ferry migrate` runs on the controller before it starts anything. */
+export const CHECK_WORKFLOW_TYPE = 'checkMigration';
+
 /** One sync of a node at a time. */
 export function syncWorkflowId(node: string): string {
   return `sync-${node}`;

@@ -1,8 +1,10 @@
-// The tunables of one migration, apart from the protocol (the workflow). What the user gives is
-// merged over defaults here; the controller's validate activity checks the result.
-// No Node built-ins: the workflow bundle imports this module.
+// The tunables of one migration, apart from the protocol (the workflow): their resolved shape,
+// built-in defaults and limits. What a caller writes is parsed by the one schema in
+// options-schema.ts (config file, CLI, workflow input and the controller's validation all go
+// through it). No Node built-ins: the workflow bundle imports this module.
 import type { Codec } from '../dataplane/types.js';
 
+/** A migration's options once resolved; numbers carry the unit their name says. */
 export interface MigrationOptions {
   /** Disk chunk codec. Default `lzo` (the paper's). */
   codec: Codec;
@@ -28,6 +30,23 @@ export interface MigrationOptions {
   holdAfter: string[];
 }
 
+/**
+ * What a caller may write (config `defaults:`, `ferry migrate` flags, the workflow input's
+ * `options`): every key optional; a size in bytes or with a unit ('1MiB'); a rate or a duration
+ * with its unit ('100Mbit', '2s'), or 0 (a bare number there would leave the unit to a guess).
+ */
+export interface MigrationOptionsInput {
+  codec?: Codec;
+  chunkSize?: number | string;
+  bandwidth?: number | string;
+  downtime?: number | string;
+  maxRounds?: number | string;
+  tls?: boolean;
+  verify?: boolean;
+  keepSource?: boolean;
+  holdAfter?: string[];
+}
+
 export const DEFAULT_OPTIONS: MigrationOptions = {
   codec: 'lzo',
   chunkSize: 1024 * 1024,
@@ -40,15 +59,15 @@ export const DEFAULT_OPTIONS: MigrationOptions = {
   holdAfter: [],
 };
 
+/** The paper's dead zone was 20-24 s; Ferry never lets the guest stay paused that long. */
 export const MAX_DOWNTIME_MS = 20_000;
 
-export function withDefaults(given: Partial<MigrationOptions> | undefined): MigrationOptions {
-  const out: MigrationOptions = { ...DEFAULT_OPTIONS };
-  for (const [k, v] of Object.entries(given ?? {})) {
-    if (v !== undefined && v !== null && k in DEFAULT_OPTIONS) (out as unknown as Record<string, unknown>)[k] = v;
-  }
-  return out;
-}
+/** The one set of limits. Chunks are whole 4 KiB blocks: the smallest dirty-tracking grain. */
+export const OPTION_LIMITS = {
+  chunkSize: { min: 4096, max: 64 * 1024 * 1024, multipleOf: 4096 },
+  downtimeMs: { min: 1, max: MAX_DOWNTIME_MS },
+  maxRounds: { min: 1, max: 64 },
+} as const;
 
 /**
  * The share of the downtime budget that the hypervisor's last memory round may take: what the

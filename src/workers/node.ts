@@ -8,6 +8,7 @@ import { createNodeActivities } from '../activities/node.js';
 import { createDriver } from '../drivers/index.js';
 import { taskQueueForNode } from '../shared/names.js';
 import { connectClient, connectWorker } from './connection.js';
+import { installTemporalMetrics, startMetricsServer, type MetricsServer } from './metrics.js';
 
 export async function createNodeWorker(cfg: FerryConfig) {
   const node = cfg.node;
@@ -15,6 +16,8 @@ export async function createNodeWorker(cfg: FerryConfig) {
   const log = createLogger(`node-${node.name}`);
   const driver = await createDriver(cfg);
   const client = await connectClient(cfg);
+  // Before the first NativeConnection: it would instantiate the SDK's Runtime without the exporter.
+  const temporalMetricsUrl = cfg.metrics ? installTemporalMetrics(cfg.metrics.temporalAddress) : undefined;
   const connection = await connectWorker(cfg);
   const taskQueue = taskQueueForNode(node.name);
   const worker = await Worker.create({
@@ -34,9 +37,15 @@ export async function createNodeWorker(cfg: FerryConfig) {
     worker,
     async run() {
       log.info({ taskQueue, dataAddress: node.dataAddress, stateDir: node.stateDir }, 'node worker started');
+      let metrics: MetricsServer | undefined;
       try {
+        if (cfg.metrics) {
+          metrics = await startMetricsServer({ address: cfg.metrics.address, temporalMetricsUrl });
+          log.info({ url: metrics.url, temporal: temporalMetricsUrl }, 'metrics served');
+        }
         await worker.run();
       } finally {
+        await metrics?.close();
         await connection.close();
         await client.connection.close();
         log.info('node worker stopped');

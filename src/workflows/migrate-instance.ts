@@ -10,7 +10,9 @@ import {
   condition,
   isCancellation,
   proxyActivities,
+  patched,
   setHandler,
+  upsertMemo,
   upsertSearchAttributes,
   workflowInfo,
   log,
@@ -19,15 +21,18 @@ import type { ControlActivities } from '../activities/control.js';
 import type { NodeActivities } from '../activities/node.js';
 import { CONTROL_TASK_QUEUE, taskQueueForNode, type Phase } from '../shared/names.js';
 import { NON_RETRYABLE, ErrorTypes } from '../shared/errors.js';
-import { memoryDowntimeMs, withDefaults } from '../shared/options.js';
+import { DEFAULT_OPTIONS, memoryDowntimeMs, type MigrationOptions } from '../shared/options.js';
 import {
   cancelUpdate,
   proceedSignal,
   progressQuery,
   progressSignal,
   type MigrateInput,
+  MAX_SAMPLES,
   type MigrationProgress,
   type MigrationResult,
+  type PauseParts,
+  type StreamRecord,
 } from '../shared/messages.js';
 import { SA_DESTINATION, SA_INSTANCE, SA_OUTCOME, SA_PHASE, SA_SOURCE } from '../shared/search-attributes.js';
 import { projectFinalRoundMs } from '../dataplane/projection.js';
@@ -78,8 +83,18 @@ function nodeActivities(node: string) {
 export async function migrateInstance(input: MigrateInput): Promise<MigrationResult> {
   // Unique per run: the workflow id is reused by the next migration of the same instance.
   const migrationId = `${workflowInfo().workflowId}.${workflowInfo().runId}`;
-  const options = withDefaults(input.options);
   const started = Date.now();
+  // Runs recorded before the story was kept (no patch marker) replay without these commands.
+  const story = patched('ferry-story-v1');
+  // Searchable from the first moment, however the run was started (a UI start sets none): the
+  // CLI finds a migration by instance whatever its workflow id.
+  if (story && typeof input.instanceId === 'string' && typeof input.destination === 'string') {
+    upsertSearchAttributes([
+      { key: SA_INSTANCE, value: input.instanceId.slice(0, 200) },
+      { key: SA_DESTINATION, value: input.destination.slice(0, 200) },
+      { key: SA_PHASE, value: 'validate' },
+    ]);
+  }
 
   const progress: MigrationProgress = {
     migrationId,
@@ -94,7 +109,10 @@ export async function migrateInstance(input: MigrateInput): Promise<MigrationRes
     pastPointOfNoReturn: false,
     cancelRequested: false,
     timeline: [],
+    streams: [],
+    samples: [],
   };
+  const streams = progress.streams!;
   let cancelReason: string | undefined;
   // True while the hypervisor moves memory in a call that also hands the guest over.
   let memoryUninterruptible = false;
@@ -103,11 +121,31 @@ export async function migrateInstance(input: MigrateInput): Promise<MigrationRes
 
   setHandler(progressQuery, () => progress);
   setHandler(progressSignal, (r) => {
+    const kind = r.kind ?? 'disk';
     progress.stream = r.stream;
-    progress.bytesDone = r.bytesDone;
-    progress.bytesTotal = r.bytesTotal;
-    progress.rateBytesPerSec = r.rateBytesPerSec;
-    progress.wireBytes = r.wireBytes;
+    if (kind === 'memory') {
+      const remaining = r.remainingBytes ?? Math.max(0, r.bytesTotal - r.bytesDone);
+      progress.memory = {
+        status: r.status ?? 'active',
+        transferredBytes: r.bytesDone,
+        remainingBytes: remaining,
+        totalBytes: r.bytesTotal,
+        rateBytesPerSec: r.rateBytesPerSec,
+        dirtyPagesRate: r.dirtyPagesRate,
+        iteration: r.iteration,
+        etaMs: eta(remaining, r.rateBytesPerSec),
+      };
+    } else {
+      progress.bytesDone = r.bytesDone;
+      progress.bytesTotal = r.bytesTotal;
+      progress.rateBytesPerSec = r.rateBytesPerSec;
+      progress.wireBytes = r.wireBytes;
+      progress.disk = { stream: r.stream, bytesDone: r.bytesDone, bytesTotal: r.bytesTotal, rateBytesPerSec: r.rateBytesPerSec, wireBytes: r.wireBytes, etaMs: eta(r.bytesTotal - r.bytesDone, r.rateBytesPerSec) };
+    }
+    const samples = progress.samples!;
+    samples.push({ at: Date.now(), kind, stream: r.stream, bytesDone: r.bytesDone, rateBytesPerSec: r.rateBytesPerSec });
+    // Bounded state: past the cap, keep every other sample (the picture keeps its shape).
+    if (samples.length > MAX_SAMPLES) progress.samples = samples.filter((_, i) => i % 2 === 0);
   });
   setHandler(
     cancelUpdate,
@@ -155,10 +193,21 @@ export async function migrateInstance(input: MigrateInput): Promise<MigrationRes
     log.info('phase', { phase, detail });
   };
 
-  // --- 1. validate: no side effect before this passes ---
+  // --- 1. validate: no side effect before this passes; the controller resolves the options ---
   enter('validate');
-  const plan = await control.validateMigration({ migrationId, instanceId: input.instanceId, destination: input.destination, options });
+  let plan: Awaited<ReturnType<ControlActivities['validateMigration']>>;
+  try {
+    plan = await control.validateMigration({ migrationId, instanceId: input.instanceId, destination: input.destination, options: input.options });
+  } catch (err) {
+    progress.error = describe(err);
+    enter('failed', progress.error);
+    if (story) closeStory('failed', progress.error);
+    throw err;
+  }
   const { spec, source, destination } = plan;
+  // A plan recorded before the controller resolved options carries none: the workflow's own defaults.
+  const options: MigrationOptions = plan.options ?? { ...DEFAULT_OPTIONS, ...(input.options as Partial<MigrationOptions> | undefined) };
+  progress.options = options;
   progress.source = source.name;
   upsertSearchAttributes([
     { key: SA_INSTANCE, value: spec.id },
@@ -167,7 +216,26 @@ export async function migrateInstance(input: MigrateInput): Promise<MigrationRes
   ]);
   const src = nodeActivities(source.name);
   const dst = nodeActivities(destination.name);
-  const [facts] = await Promise.all([src.quick.checkSource({ spec }), dst.quick.checkDestination({ migrationId, spec })]);
+  // The migration log row is open from here: every way out below closes it.
+  let logClosed = false;
+  try {
+    return await afterValidate();
+  } catch (err) {
+    if (!logClosed && story) {
+      progress.error ??= describe(err);
+      enter('failed', progress.error);
+      if (story) closeStory('failed', progress.error);
+      await CancellationScope.nonCancellable(() =>
+        controlForward.finishMigration({ migrationId, outcome: 'failed' as const, summary: { reason: progress.error, timeline: progress.timeline } }),
+      );
+    }
+    throw err;
+  }
+
+  async function afterValidate(): Promise<MigrationResult> {
+  let facts!: Awaited<ReturnType<NodeActivities['checkSource']>>;
+  // Before the story patch the checks ran here, outside the rollback scope; replays keep that order.
+  if (!story) [facts] = await Promise.all([src.quick.checkSource({ spec }), dst.quick.checkDestination({ migrationId, spec })]);
 
   // Compensations, pushed as each step succeeds and run in reverse on rollback.
   const undo: { name: string; run: () => Promise<unknown> }[] = [];
@@ -179,7 +247,9 @@ export async function migrateInstance(input: MigrateInput): Promise<MigrationRes
   let disksIdentical: Record<string, boolean> | undefined;
   let memory: { totalMs: number; downtimeMs?: number; transferredBytes: number; note?: string } = { totalMs: 0, transferredBytes: 0 };
   // Where the hypervisor hands over decides where the final sync runs (HypervisorDriver.handover).
-  const memoryHandsOver = facts.handover === 'paused-on-destination';
+  let memoryHandsOver = false;
+  let memoryRecord: StreamRecord | undefined;
+  const pause: PauseParts = { finalSyncMs: 0, switchoverMs: 0, resumeMs: 0, totalMs: 0 };
   let handedOver = false;
   let dest!: Awaited<ReturnType<NodeActivities['prepareDestination']>>;
 
@@ -189,8 +259,10 @@ export async function migrateInstance(input: MigrateInput): Promise<MigrationRes
     const via = forward ? src.forward : src.long;
     for (let attempt = 1; ; attempt++) {
       try {
+        const startedAt = Date.now();
         const r = await via.sendDisk({ migrationId, spec, endpoints: dest.endpoints, streamId, round, options });
         diskWireBytes += r.wireBytes;
+        streams.push({ stream: streamId, kind: 'disk', startedAt, endedAt: Date.now(), bytes: r.doneBytes, wireBytes: r.wireBytes });
         return r;
       } catch (err) {
         if (isCancellation(err) || (!forward && (attempt >= 3 || !isRetryable(err)))) throw err;
@@ -202,8 +274,10 @@ export async function migrateInstance(input: MigrateInput): Promise<MigrationRes
 
   /** The last dirty blocks, with the source stopped; then, if asked, every disk's digests on both sides. */
   const finalSync = async (forward: boolean) => {
+    const t0 = Date.now();
     rounds += 1;
     await stream('final', rounds, forward);
+    pause.finalSyncMs = Date.now() - t0;
     if (!options.verifyDisk) return;
     const digests = async () => {
       const [s, d] = forward ? [src.forward, dst.forward] : [src.long, dst.long];
@@ -231,6 +305,11 @@ export async function migrateInstance(input: MigrateInput): Promise<MigrationRes
 
   try {
     await beforeSwitchover.run(async () => {
+      // Both hosts' checks, inside the scope: a node that never answers ends in a rollback that
+      // closes the migration log, not in a run that leaves it open.
+      if (story) [facts] = await Promise.all([src.quick.checkSource({ spec }), dst.quick.checkDestination({ migrationId, spec })]);
+      memoryHandsOver = facts.handover === 'paused-on-destination';
+
       // --- 2. reserve capacity on the destination ---
       enter('reserve');
       await control.reserveCapacity({ migrationId, instanceId: spec.id, node: destination.name });
@@ -281,6 +360,7 @@ export async function migrateInstance(input: MigrateInput): Promise<MigrationRes
 
       // --- 7. memory pre-copy; resolves with the source paused, block devices still active ---
       enter('memory');
+      memoryRecord = { stream: 'memory', kind: 'memory', startedAt: Date.now(), endedAt: 0, bytes: 0, wireBytes: 0 };
       undo.push({ name: 'cancel memory migration', run: () => src.quick.cancelMigration({ spec }) });
       const migrateMemory = () =>
         src.long.migrateMemory({
@@ -299,6 +379,7 @@ export async function migrateInstance(input: MigrateInput): Promise<MigrationRes
         memoryUninterruptible = true;
         try {
           await CancellationScope.nonCancellable(migrateMemory);
+          endMemoryRecord();
           progress.pastPointOfNoReturn = true;
           handedOver = true;
         } finally {
@@ -308,6 +389,7 @@ export async function migrateInstance(input: MigrateInput): Promise<MigrationRes
         return; // the final sync happens past the point of no return, below
       }
       await migrateMemory();
+      endMemoryRecord();
       pausedAt = Date.now();
       await hold('memory');
 
@@ -317,6 +399,7 @@ export async function migrateInstance(input: MigrateInput): Promise<MigrationRes
     });
   } catch (err) {
     const reason = cancelReason ?? describe(err);
+    progress.error = reason;
     enter('rolling-back', reason);
     await CancellationScope.nonCancellable(async () => {
       for (const step of undo.reverse()) {
@@ -328,8 +411,10 @@ export async function migrateInstance(input: MigrateInput): Promise<MigrationRes
         }
       }
       enter('rolled-back', reason);
-      upsertSearchAttributes([{ key: SA_OUTCOME, value: 'rolled-back' }]);
+      if (story) closeStory('rolled-back', reason);
+      else upsertSearchAttributes([{ key: SA_OUTCOME, value: 'rolled-back' }]);
       await control.finishMigration({ migrationId, outcome: 'rolled-back' as const, summary: { reason, timeline: progress.timeline } });
+      logClosed = true;
     });
     if (cancelReason || isCancellation(err)) {
       return result('rolled-back', reason);
@@ -352,10 +437,15 @@ export async function migrateInstance(input: MigrateInput): Promise<MigrationRes
       await finalSync(true);
     }
     enter('resume');
+    const t0 = Date.now();
     memory = await srcForward.switchover({ spec });
+    const t1 = Date.now();
     if (memory.note) progress.timeline.push({ phase: 'resume', at: Date.now(), detail: memory.note });
     await dstForward.resume({ migrationId, spec });
     resumedAt = Date.now();
+    Object.assign(pause, { switchoverMs: t1 - t0, resumeMs: resumedAt - t1, totalMs: resumedAt - pausedAt, hypervisorMs: memory.downtimeMs });
+    progress.pause = pause;
+    if (memoryRecord) memoryRecord.bytes = memoryRecord.wireBytes = memory.transferredBytes;
     progress.projectedDowntimeMs = resumedAt - pausedAt;
 
     // --- 9. commit the inventory: one idempotent transaction ---
@@ -367,10 +457,20 @@ export async function migrateInstance(input: MigrateInput): Promise<MigrationRes
     await srcForward.retire({ spec, keepDisks: options.keepSourceDisks });
     await dstForward.closeReceiver({ migrationId });
     enter('done');
-    upsertSearchAttributes([{ key: SA_OUTCOME, value: 'migrated' }]);
+    if (story) closeStory('migrated');
+    else upsertSearchAttributes([{ key: SA_OUTCOME, value: 'migrated' }]);
     await controlForward.finishMigration({ migrationId, outcome: 'succeeded' as const, summary: { ...result('migrated'), timeline: progress.timeline } });
+    logClosed = true;
   });
   return result('migrated');
+
+  function endMemoryRecord() {
+    if (!memoryRecord) return;
+    memoryRecord.endedAt = Date.now();
+    memoryRecord.bytes = memoryRecord.wireBytes = progress.memory?.transferredBytes ?? 0;
+    streams.push(memoryRecord);
+  }
+
 
   function result(outcome: MigrationResult['outcome'], reason?: string): MigrationResult {
     return {
@@ -383,6 +483,9 @@ export async function migrateInstance(input: MigrateInput): Promise<MigrationRes
       totalMs: Date.now() - started,
       downtimeMs: pausedAt && resumedAt ? resumedAt - pausedAt : 0,
       hypervisorDowntimeMs: memory.downtimeMs,
+      pause: resumedAt ? pause : undefined,
+      options,
+      streams,
       diskBytes: totalDiskBytes(spec),
       diskWireBytes,
       memoryBytes: memory.transferredBytes,
@@ -392,6 +495,18 @@ export async function migrateInstance(input: MigrateInput): Promise<MigrationRes
       timeline: progress.timeline,
     };
   }
+  }
+}
+
+/** The outcome as a search attribute and the reason in the memo: `ferry list` shows both without a query. */
+function closeStory(outcome: 'migrated' | 'rolled-back' | 'failed', reason?: string) {
+  upsertSearchAttributes([{ key: SA_OUTCOME, value: outcome }]);
+  if (reason) upsertMemo({ reason: reason.slice(0, 2000) });
+}
+
+/** Time left at `rate` bytes/s, when there is a rate to go by. */
+function eta(remainingBytes: number, rate: number): number | undefined {
+  return rate > 0 ? Math.round((Math.max(0, remainingBytes) / rate) * 1000) : undefined;
 }
 
 function isRetryable(err: unknown): boolean {

@@ -54,6 +54,31 @@ describe('ferry CLI', () => {
     expect((await run('euca-migrate-instance', ['-i', 'i-1'])).code).not.toBe(0); // -d missing
   });
 
+  it('refuses a bad option at once, naming the flag and its limit, before reaching Temporal', async () => {
+    for (const [flags, re] of [
+      [['--chunk-size', '0'], /--chunk-size: must be a multiple of 4KiB between 4KiB and 64MiB/],
+      [['--downtime', '999s'], /--downtime: must be at most 20s/],
+      [['--max-rounds', '1000'], /--max-rounds: must be a whole number from 1 to 64/],
+      [['--bandwidth', 'fast'], /--bandwidth: "fast" is not a bandwidth/],
+    ] as const) {
+      const r = await run('ferry', ['migrate', 'i-x', '--to', 'node-b', '--detach', ...flags]);
+      expect(r.code, r.stderr).toBe(2);
+      expect(r.stderr).toMatch(re);
+      expect(r.stdout).not.toMatch(/started/);
+    }
+  });
+
+  it('ends in a message, not a stack trace, when Temporal cannot be reached', async () => {
+    for (const args of [['history', 'i-none'], ['list', '--outcome', 'failed']]) {
+      const r = await run('ferry', args);
+      expect(r.code, args.join(' ')).toBe(1);
+      expect(r.stderr).toMatch(/^ferry: /);
+      expect(r.stderr, 'no TypeError from a numeric error code').not.toMatch(/TypeError|\n\s+at /);
+    }
+    expect((await run('ferry', ['list', '--outcome', 'maybe'])).code).toBe(2);
+    expect((await run('ferry', ['status', "x' OR 1=1"])).code).toBe(2);
+  });
+
   it('refuses a hostile id in the inventory with a clear message', async () => {
     const r = await run('ferry', ['node', 'add', 'Node;rm', '--hypervisor', 'qemu', '--data-address', '127.0.0.1', '--vcpus', '1', '--memory', '1GiB', '--disk', '1GiB']);
     expect(r.code).toBe(1);

@@ -32,7 +32,8 @@ describe('config', () => {
     expect(c.temporal).toEqual({ address: '127.0.0.1:7233', namespace: 'default' });
     expect(c.inventory.path).toBe('/var/lib/ferry/inventory.db');
     expect(c.node).toBeUndefined();
-    expect(c.defaults).toEqual({ codec: 'lzo', chunkSizeBytes: 1048576, bandwidthBytesPerSec: 0, downtimeMs: 2000, maxRounds: 8, roundTimeoutMs: 600_000 });
+    // No defaults set: the controller falls back to the built-in ones (DEFAULT_OPTIONS).
+    expect(c.defaults).toEqual({});
     expect(c.log.level).toBe('info');
   });
 
@@ -50,14 +51,14 @@ defaults:
   bandwidth: 100Mbit
   downtime: 500ms
   maxRounds: 5
-  roundTimeout: 2m
+  verify: true
 log: { level: debug }
 `);
     const c = loadConfig({ file: f, env: {} });
     expect(c.file).toBe(f);
     expect(c.temporal).toEqual({ address: '10.0.0.1:7233', namespace: 'ferry', tls: { serverName: 'temporal.lan', caFile: '/etc/ferry/ca.pem' } });
     expect(c.node).toEqual({ name: 'node-a', dataAddress: '10.0.1.1', stateDir: '/var/lib/ferry/nodes/node-a' });
-    expect(c.defaults).toEqual({ codec: 'none', chunkSizeBytes: 4 * 2 ** 20, bandwidthBytesPerSec: 12_500_000, downtimeMs: 500, maxRounds: 5, roundTimeoutMs: 120_000 });
+    expect(c.defaults).toEqual({ codec: 'none', chunkSize: 4 * 2 ** 20, bandwidthBytesPerSec: 12_500_000, downtimeMs: 500, maxRounds: 5, verifyDisk: true });
     const o = loadConfig({
       env: { FERRY_CONFIG: f, FERRY_TEMPORAL_ADDRESS: '127.0.0.1:7999', FERRY_NODE: 'node-b', FERRY_STATE_DIR: '/tmp/x', FERRY_INVENTORY: '/tmp/i.db', FERRY_MAX_ROUNDS: '3', FERRY_TEMPORAL_NAMESPACE: 'ns2', FERRY_DATA_ADDRESS: '127.0.0.9' },
     });
@@ -77,7 +78,10 @@ log: { level: debug }
       ['defaults: { chunkSize: 1000 }', /defaults\.chunkSize: must be a multiple of 4KiB/],
       ['defaults: { bandwidth: fast }', /defaults\.bandwidth: "fast" is not a bandwidth/],
       ['defaults: { codec: gzip }', /defaults\.codec:/],
-      ['defaults: { maxRounds: 0 }', /defaults\.maxRounds:/],
+      ['defaults: { maxRounds: 0 }', /defaults\.maxRounds: must be a whole number from 1 to 64/],
+      ['defaults: { maxRounds: 65 }', /defaults\.maxRounds: must be a whole number from 1 to 64/],
+      ['defaults: { roundTimeout: 2m }', /defaults: roundTimeout: unknown key|roundTimeout/],
+      ['defaults: { holdAfter: [lunch] }', /defaults\.holdAfter\.0: must name phases/],
       ['temporal: { adress: x }', /temporal\.adress: unknown key/],
       ['temporal: { tls: { certFile: /a.pem } }', /temporal\.tls: certFile and keyFile go together/],
       ['node: { name: "../../etc", dataAddress: x }', /node\.name: must be 1-63 characters/],
@@ -136,5 +140,29 @@ log: { level: debug }
     expect(parseDuration('1.5m')).toBe(90_000);
     expect(parseDuration('1h')).toBe(3_600_000);
     expect(() => parseDuration('soon')).toThrow(/not a duration/);
+  });
+});
+
+// The one options schema, as the controller resolves a run's options from it.
+describe('migration options: one schema for config, CLI and workflow input', () => {
+  it('resolves caller over config defaults over built-in defaults, with units or numbers', async () => {
+    const { resolveOptions, parseOptions } = await import('../../src/shared/options-schema.js');
+    const { DEFAULT_OPTIONS } = await import('../../src/shared/options.js');
+    const cfg = loadConfig({ env: { FERRY_DOWNTIME: '3s', FERRY_MAX_ROUNDS: '5' } });
+    expect(resolveOptions(undefined, cfg.defaults)).toEqual({ ...DEFAULT_OPTIONS, downtimeMs: 3000, maxRounds: 5 });
+    expect(resolveOptions({ downtime: '500ms', chunkSize: 65536, bandwidth: '100Mbit', verify: true }, cfg.defaults)).toEqual({
+      ...DEFAULT_OPTIONS,
+      downtimeMs: 500,
+      maxRounds: 5,
+      chunkSize: 65536,
+      bandwidthBytesPerSec: 12_500_000,
+      verifyDisk: true,
+    });
+    // The same limits as the config file's, by the option's name.
+    expect(() => parseOptions({ chunkSize: 0 })).toThrow(/chunkSize: must be a multiple of 4KiB between 4KiB and 64MiB/);
+    expect(() => parseOptions({ downtime: '999s' })).toThrow(/downtime: must be at most 20s/);
+    expect(() => parseOptions({ maxRounds: 1000 })).toThrow(/maxRounds: must be a whole number from 1 to 64/);
+    expect(() => parseOptions({ downtimeMs: 2000 })).toThrow(/downtimeMs: unknown option/);
+    expect(() => parseOptions({ holdAfter: ['memory', 'x'] })).toThrow(/holdAfter\.1: must name phases/);
   });
 });

@@ -7,14 +7,20 @@ import { execFile } from 'node:child_process';
 import { join } from 'node:path';
 import { WorkflowFailedError } from '@temporalio/client';
 import { Worker } from '@temporalio/worker';
-import { startQemuLab, type Lab } from '../../src/labs/qemu-lab.js';
+import { readFile } from 'node:fs/promises';
+import { mkdirSync } from 'node:fs';
+import type { MigrationResult } from '../../src/shared/messages.js';
+import { launchBrowser, screenshotWorkflow, startFromUi } from './temporal-ui.js';
+import { LAB_MAX_ROUNDS, startQemuLab, type Lab } from '../../src/labs/qemu-lab.js';
 import { startProber, quiesce } from '../../src/labs/guest-client.js';
 import { cancelUpdate, proceedSignal } from '../../src/shared/messages.js';
 import { totalDiskBytes, type InstanceSpec } from '../../src/shared/instance.js';
 import { workflowsPath } from '../../src/workers/workflows-path.js';
+import { waitForPollers } from '../../src/labs/lab-common.js';
 import { guestAnswersOn, qemuProcessesOf, readRecords, result, startMigration, waitFor, waitForGuest } from './helpers.js';
 
 const MiB = 1024 * 1024;
+const repoRoot = new URL('../..', import.meta.url).pathname;
 let lab: Lab;
 
 beforeAll(async () => {
@@ -54,6 +60,16 @@ function ferryCli(args: string[]): Promise<{ code: number; stdout: string; stder
   });
 }
 
+/** Sum of a Prometheus metric's samples (every label set) in an exposition text. */
+function metricValue(text: string, name: string): number {
+  let sum = 0;
+  for (const line of text.split('\n')) {
+    const m = new RegExp(`^${name}(?:\\{[^}]*\\})? ([0-9.e+-]+)$`).exec(line);
+    if (m) sum += Number(m[1]);
+  }
+  return sum;
+}
+
 function countsOf(node: string) {
   return lab.inventory.freeCapacity(node);
 }
@@ -90,7 +106,7 @@ describe('a live migration on the QEMU lab', () => {
     const beforeA = countsOf('node-a');
     const beforeB = countsOf('node-b');
     const prober = startProber(lab.serviceAddresses(spec), 200);
-    const handle = await startMigration(lab, { instanceId: spec.id, destination: 'node-b', options: { verifyDisk: true } });
+    const handle = await startMigration(lab, { instanceId: spec.id, destination: 'node-b', options: { verify: true } });
     const r = await result(handle);
     const probe = await prober.stop();
 
@@ -128,7 +144,55 @@ describe('a live migration on the QEMU lab', () => {
     const status = await ferryCli(['status', spec.id, '--json']);
     expect(status.code, status.stderr).toBe(0);
     expect(JSON.parse(status.stdout), status.stdout).toMatchObject({ status: 'COMPLETED', result: { outcome: 'migrated', destination: 'node-b' } });
+    // The controller resolved the options: the caller's verify, the lab config's maxRounds, built-in downtime.
+    expect(r.options).toMatchObject({ verifyDisk: true, maxRounds: LAB_MAX_ROUNDS, downtimeMs: 2000 });
+    expect(r.pause!.totalMs).toBe(r.downtimeMs);
+    expect(r.pause!.finalSyncMs + r.pause!.switchoverMs + r.pause!.resumeMs).toBeLessThanOrEqual(r.pause!.totalMs);
     historyJson = await handle.fetchHistory();
+
+    // The whole story, as text, JSON and a picture.
+    const svgFile = join(lab.dir, 'i-e2e-ok.svg');
+    const shown = await ferryCli(['show', spec.id, '--svg', svgFile]);
+    expect(shown.code, shown.stderr).toBe(0);
+    for (const part of ['bulk-copy', 'final-sync', 'pause']) expect(shown.stdout).toContain(part);
+    const svg = await readFile(svgFile, 'utf8');
+    expect(svg).toMatch(/^<svg[\s\S]*<\/svg>\s*$/);
+    for (const phase of ['bulk-copy', 'dirty-rounds', 'memory', 'pause']) expect(svg, `the picture names ${phase}`).toContain(phase);
+    const story = JSON.parse((await ferryCli(['show', spec.id, '--json'])).stdout);
+    expect(story.pause.totalMs).toBe(r.downtimeMs);
+  });
+
+  it('runs a migration started from the Temporal UI like a CLI one, and the CLI finds it by instance', async () => {
+    const spec = await boot('i-e2e-ui');
+    const browser = await launchBrowser();
+    try {
+      // The README's recipe: the form's own Workflow ID, queue, type, and this input.
+      const workflowId = await startFromUi(browser, lab.temporal.uiUrl, { instanceId: spec.id, destination: 'node-b' });
+      expect(workflowId).not.toBe(`migrate-${spec.id}`);
+      // `ferry status INSTANCE` finds the run whatever its workflow id (search attributes from its first moment).
+      let status: { workflowId?: string } = {};
+      for (let i = 0; i < 60 && status.workflowId !== workflowId; i++) {
+        const r = await ferryCli(['status', spec.id, '--json']);
+        if (r.code === 0) status = JSON.parse(r.stdout);
+        else await new Promise((res) => setTimeout(res, 1000));
+      }
+      expect(status.workflowId, 'ferry status found the UI-started run').toBe(workflowId);
+      mkdirSync(join(repoRoot, '.cache'), { recursive: true });
+      await screenshotWorkflow(browser, lab.temporal.uiUrl, workflowId, join(repoRoot, '.cache', 'ui-migration.png'));
+      const r = (await lab.client.workflow.getHandle(workflowId).result()) as MigrationResult;
+      expect(r.outcome).toBe('migrated');
+      // The config file's defaults applied, as for a CLI start.
+      expect(r.options).toMatchObject({ maxRounds: LAB_MAX_ROUNDS, downtimeMs: 2000, codec: 'lzo' });
+    } finally {
+      await browser.close();
+    }
+    await waitForGuest(lab, spec, 'node-b', 30_000);
+    expect(await guestAnswersOn(lab, spec, 'node-a')).toBeNull();
+    expect(lab.inventory.getInstance(spec.id).host).toBe('node-b');
+    const shown = JSON.parse((await ferryCli(['show', spec.id, '--json'])).stdout);
+    expect(shown.workflowId).toBe(workflowId);
+    const listed = JSON.parse((await ferryCli(['list', '--instance', spec.id, '--outcome', 'migrated', '--json'])).stdout);
+    expect(listed.map((x: { workflowId: string }) => x.workflowId)).toEqual([workflowId]);
   });
 
   it('replays the recorded history against the current workflow code', async () => {
@@ -142,6 +206,44 @@ describe('a live migration on the QEMU lab', () => {
     const replayed = await ferryCli(['replay', file]);
     expect(replayed.code, replayed.stderr).toBe(0);
     expect(replayed.stdout).toMatch(/deterministic/);
+  });
+
+  it('refuses, through the CLI, what the controller would refuse, before anything starts', async () => {
+    for (const [args, code, text] of [
+      [['migrate', 'i-nobody', '--to', 'node-b', '--detach'], 3, /UnknownInstance.*unknown instance i-nobody/],
+      [['migrate', 'i-e2e-ok', '--to', 'node-b', '--detach', '--chunk-size', '0'], 2, /--chunk-size: must be a multiple of 4KiB/],
+      [['migrate', 'i-e2e-ok', '--to', 'node-b', '--detach', '--downtime', '999s'], 2, /--downtime: must be at most 20s/],
+    ] as const) {
+      const r = await ferryCli([...args]);
+      expect(r.code, r.stderr).toBe(code);
+      expect(r.stderr).toMatch(text);
+      expect(r.stderr, 'no stack trace').not.toMatch(/\n\s+at /);
+    }
+    const listed = JSON.parse((await ferryCli(['list', '--instance', 'i-nobody', '--json'])).stdout);
+    expect(listed, 'nothing started for an unknown instance').toEqual([]);
+    const unknownHistory = await ferryCli(['history', 'i-never-migrated']);
+    expect(unknownHistory.code).toBe(3);
+    expect(unknownHistory.stderr).toMatch(/no migration i-never-migrated/);
+  });
+
+  it('closes the migration log when a node worker never answers', async () => {
+    const spec = await boot('i-e2e-noworker');
+    const before = { a: countsOf('node-a'), b: countsOf('node-b') };
+    await lab.stopWorker('node-b');
+    try {
+      const handle = await startMigration(lab, { instanceId: spec.id, destination: 'node-b' });
+      const err = await handle.result().catch((e) => e);
+      expect(err).toBeInstanceOf(WorkflowFailedError);
+      const rows = lab.inventory.listMigrations({ instanceId: spec.id });
+      expect(rows).toHaveLength(1);
+      expect(rows[0]!.outcome, 'the row is closed').not.toBeNull();
+      const status = await ferryCli(['status', spec.id, '--json']);
+      expect(JSON.parse(status.stdout).error, 'status says why').toMatch(/ferry-node-node-b|timed out|Timeout|schedule/i);
+    } finally {
+      lab.startNodeWorker('node-b');
+      await waitForPollers(lab.client, ['ferry-node-node-b']);
+    }
+    await expectStillOnSource(spec, before);
   });
 
   it('refuses a bad destination before any side effect', async () => {
@@ -183,12 +285,35 @@ describe('a live migration on the QEMU lab', () => {
     const spec = await boot('i-e2e-cancel-mid', { randomMiB: 32 });
     const before = { a: countsOf('node-a'), b: countsOf('node-b') };
     // 2 MiB/s: the 64 MiB disk takes long enough to cancel mid-stream.
-    const handle = await startMigration(lab, { instanceId: spec.id, destination: 'node-b', options: { bandwidthBytesPerSec: 2 * MiB, codec: 'none' } });
+    const handle = await startMigration(lab, { instanceId: spec.id, destination: 'node-b', options: { bandwidth: '2MiB/s', codec: 'none' } });
     await waitFor(handle, (p) => p.phase === 'bulk-copy' && p.bytesDone > 4 * MiB);
+    // The source node worker's Prometheus endpoint counts the bytes as they go.
+    const sent = async () => metricValue(await (await fetch(lab.metricsUrl('node-a'))).text(), 'ferry_disk_bytes_total');
+    const first = await sent();
+    await new Promise((r) => setTimeout(r, 3000));
+    const second = await sent();
+    expect(first).toBeGreaterThan(0);
+    expect(second, 'ferry_disk_bytes_total grows during the bulk copy').toBeGreaterThan(first);
+    // Live progress, disk apart: a rate and an ETA while it copies.
+    const live = JSON.parse((await ferryCli(['status', spec.id, '--json'])).stdout);
+    expect(live.progress.disk).toMatchObject({ stream: 'bulk' });
+    expect(live.progress.disk.rateBytesPerSec).toBeGreaterThan(0);
+
     await handle.executeUpdate(cancelUpdate, { args: ['test cancels mid-copy'] });
     const r = await result(handle);
     expect(r.outcome).toBe('rolled-back');
     await expectStillOnSource(spec, before);
+
+    // A rolled-back run: listed with its reason, its history exported and replayed.
+    const listed = JSON.parse((await ferryCli(['list', '--outcome', 'rolled-back', '--instance', spec.id, '--json'])).stdout);
+    expect(listed).toHaveLength(1);
+    expect(listed[0].reason).toBe('test cancels mid-copy');
+    const status = JSON.parse((await ferryCli(['status', spec.id, '--json'])).stdout);
+    expect(status.error).toBe('test cancels mid-copy');
+    const file = join(lab.dir, 'history-i-e2e-cancel-mid.json');
+    expect((await ferryCli(['history', spec.id, '-o', file])).code).toBe(0);
+    const replayed = await ferryCli(['replay', file]);
+    expect(replayed.code, replayed.stderr).toBe(0);
   });
 
   it('refuses to cancel after the point of no return, and finishes', async () => {
@@ -210,7 +335,7 @@ describe('a live migration on the QEMU lab', () => {
   it('finishes when the source node worker is killed and restarted mid-copy', async () => {
     // 32 MiB of random data: at 2 MiB/s the bulk copy lasts long enough to kill a worker in it.
     const spec = await boot('i-e2e-crash', { randomMiB: 32 });
-    const handle = await startMigration(lab, { instanceId: spec.id, destination: 'node-b', options: { bandwidthBytesPerSec: 2 * MiB, codec: 'none', verifyDisk: true } });
+    const handle = await startMigration(lab, { instanceId: spec.id, destination: 'node-b', options: { bandwidth: '2MiB/s', codec: 'none', verify: true } });
     await waitFor(handle, (p) => p.phase === 'bulk-copy' && p.bytesDone > 8 * MiB);
     await lab.killWorker('node-a');
     await new Promise((r) => setTimeout(r, 2000));
@@ -230,7 +355,7 @@ describe('a live migration on the QEMU lab', () => {
     // 512 KiB of random data per write over a 1 MiB/s cap: the dirty rounds cannot converge.
     const spec = await boot('i-e2e-hot', { burstKiB: 512, spanMiB: 8 });
     const before = { a: countsOf('node-a'), b: countsOf('node-b') };
-    const handle = await startMigration(lab, { instanceId: spec.id, destination: 'node-b', options: { bandwidthBytesPerSec: 1 * MiB, maxRounds: 3, downtimeMs: 500 } });
+    const handle = await startMigration(lab, { instanceId: spec.id, destination: 'node-b', options: { bandwidth: '1MiB/s', maxRounds: 3, downtime: '500ms' } });
     const err = await handle.result().catch((e) => e);
     expect(err).toBeInstanceOf(WorkflowFailedError);
     expect(failureType(err)).toBe('WontConverge');

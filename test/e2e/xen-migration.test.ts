@@ -288,7 +288,7 @@ describe('Xen end to end: an operator\'s guest (xl create, an LV and an image fi
     await lab.stopWorker('xb');
     await lab.startNodeWorker('xb', { migrateSshCommand: ['perl', LINK_CUTTER_PATH, 'ssh'] });
     const s0 = await waitAnswer('xb', 60_000);
-    const h = await startMigration(lab, { instanceId: 'x1', destination: 'xa', options: { verifyDisk: true } });
+    const h = await startMigration(lab, { instanceId: 'x1', destination: 'xa', options: { verify: true } });
     const r = await result(h);
     timings.undefinedMs = Date.now() - t0;
     expect(r.outcome).toBe('migrated');

@@ -36,7 +36,7 @@ interface MigrationInfo {
   'total-time'?: number;
   downtime?: number;
   'expected-downtime'?: number;
-  ram?: { transferred: number; remaining: number; total: number; 'dirty-pages-rate'?: number };
+  ram?: { transferred: number; remaining: number; total: number; 'dirty-pages-rate'?: number; 'dirty-sync-count'?: number; mbps?: number };
   'error-desc'?: string;
   'socket-address'?: Array<{ type: string; host?: string; port?: string }>;
 }
@@ -309,6 +309,9 @@ export class QemuDriver implements HypervisorDriver {
         remainingBytes: info.ram?.remaining ?? 0,
         totalBytes: info.ram?.total ?? 0,
         dirtyPagesRate: info.ram?.['dirty-pages-rate'],
+        iteration: info.ram?.['dirty-sync-count'],
+        // QEMU's mbps is megabits (10^6) per second.
+        rateBytesPerSec: info.ram?.mbps !== undefined ? Math.round((info.ram.mbps * 1e6) / 8) : undefined,
       });
       switch (info.status) {
         case 'pre-switchover':

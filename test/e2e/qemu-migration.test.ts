@@ -165,9 +165,10 @@ describe('a live migration on the QEMU lab', () => {
   it('runs a migration started from the Temporal UI like a CLI one, and the CLI finds it by instance', async () => {
     const spec = await boot('i-e2e-ui');
     const browser = await launchBrowser();
+    let workflowId = '';
     try {
       // The README's recipe: the form's own Workflow ID, queue, type, and this input.
-      const workflowId = await startFromUi(browser, lab.temporal.uiUrl, { instanceId: spec.id, destination: 'node-b' });
+      workflowId = await startFromUi(browser, lab.temporal.uiUrl, { instanceId: spec.id, destination: 'node-b' });
       expect(workflowId).not.toBe(`migrate-${spec.id}`);
       // `ferry status INSTANCE` finds the run whatever its workflow id (search attributes from its first moment).
       let status: { workflowId?: string } = {};

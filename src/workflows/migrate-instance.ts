@@ -9,18 +9,18 @@ import {
   CancellationScope,
   condition,
   isCancellation,
-  proxyActivities,
   patched,
   setHandler,
-  upsertMemo,
   upsertSearchAttributes,
   workflowInfo,
   log,
 } from '@temporalio/workflow';
 import type { ControlActivities } from '../activities/control.js';
 import type { NodeActivities } from '../activities/node.js';
-import { CONTROL_TASK_QUEUE, taskQueueForNode, type Phase } from '../shared/names.js';
-import { NON_RETRYABLE, ErrorTypes } from '../shared/errors.js';
+import type { Phase } from '../shared/names.js';
+import { ErrorTypes } from '../shared/errors.js';
+import { control, controlForward, nodeActivities } from './proxies.js';
+import { applyReport, closeStory, newProgress } from './progress-state.js';
 import { DEFAULT_OPTIONS, memoryDowntimeMs, type MigrationOptions } from '../shared/options.js';
 import {
   cancelUpdate,
@@ -28,8 +28,6 @@ import {
   progressQuery,
   progressSignal,
   type MigrateInput,
-  MAX_SAMPLES,
-  type MigrationProgress,
   type MigrationResult,
   type PauseParts,
   type StreamRecord,
@@ -37,48 +35,6 @@ import {
 import { SA_DESTINATION, SA_INSTANCE, SA_OUTCOME, SA_PHASE, SA_SOURCE } from '../shared/search-attributes.js';
 import { projectFinalRoundMs } from '../dataplane/projection.js';
 import { totalDiskBytes } from '../shared/instance.js';
-
-const retry = { nonRetryableErrorTypes: NON_RETRYABLE, maximumAttempts: 5, initialInterval: '1s' };
-
-const control = proxyActivities<ControlActivities>({
-  taskQueue: CONTROL_TASK_QUEUE,
-  startToCloseTimeout: '30s',
-  retry,
-});
-
-const controlForward = proxyActivities<ControlActivities>({
-  taskQueue: CONTROL_TASK_QUEUE,
-  startToCloseTimeout: '30s',
-  retry: { maximumInterval: '30s' }, // no maximumAttempts: unlimited
-});
-
-/** Activities of one host, on that host's queue. Checks fail fast when no worker serves the node. */
-function nodeActivities(node: string) {
-  const taskQueue = taskQueueForNode(node);
-  return {
-    quick: proxyActivities<NodeActivities>({
-      taskQueue,
-      scheduleToStartTimeout: '30s',
-      startToCloseTimeout: '2m',
-      retry,
-    }),
-    // Streams and memory pre-copy: long, heartbeating; a dead worker is noticed by the heartbeat
-    // timeout and the retry resumes from the last acknowledged offset.
-    long: proxyActivities<NodeActivities>({
-      taskQueue,
-      startToCloseTimeout: '12h',
-      heartbeatTimeout: '20s',
-      retry: { ...retry, maximumAttempts: 10 },
-    }),
-    // After the point of no return there is no undo: retry until the step succeeds.
-    forward: proxyActivities<NodeActivities>({
-      taskQueue,
-      startToCloseTimeout: '30m',
-      heartbeatTimeout: '30s',
-      retry: { nonRetryableErrorTypes: [], maximumInterval: '30s' }, // no maximumAttempts: unlimited
-    }),
-  };
-}
 
 export async function migrateInstance(input: MigrateInput): Promise<MigrationResult> {
   // Unique per run: the workflow id is reused by the next migration of the same instance.
@@ -96,22 +52,7 @@ export async function migrateInstance(input: MigrateInput): Promise<MigrationRes
     ]);
   }
 
-  const progress: MigrationProgress = {
-    migrationId,
-    instanceId: input.instanceId,
-    destination: input.destination,
-    phase: 'validate',
-    bytesDone: 0,
-    bytesTotal: 0,
-    rateBytesPerSec: 0,
-    wireBytes: 0,
-    round: 0,
-    pastPointOfNoReturn: false,
-    cancelRequested: false,
-    timeline: [],
-    streams: [],
-    samples: [],
-  };
+  const progress = newProgress(migrationId, input);
   const streams = progress.streams!;
   let cancelReason: string | undefined;
   // True while the hypervisor moves memory in a call that also hands the guest over.
@@ -120,33 +61,7 @@ export async function migrateInstance(input: MigrateInput): Promise<MigrationRes
   const beforeSwitchover = new CancellationScope();
 
   setHandler(progressQuery, () => progress);
-  setHandler(progressSignal, (r) => {
-    const kind = r.kind ?? 'disk';
-    progress.stream = r.stream;
-    if (kind === 'memory') {
-      const remaining = r.remainingBytes ?? Math.max(0, r.bytesTotal - r.bytesDone);
-      progress.memory = {
-        status: r.status ?? 'active',
-        transferredBytes: r.bytesDone,
-        remainingBytes: remaining,
-        totalBytes: r.bytesTotal,
-        rateBytesPerSec: r.rateBytesPerSec,
-        dirtyPagesRate: r.dirtyPagesRate,
-        iteration: r.iteration,
-        etaMs: eta(remaining, r.rateBytesPerSec),
-      };
-    } else {
-      progress.bytesDone = r.bytesDone;
-      progress.bytesTotal = r.bytesTotal;
-      progress.rateBytesPerSec = r.rateBytesPerSec;
-      progress.wireBytes = r.wireBytes;
-      progress.disk = { stream: r.stream, bytesDone: r.bytesDone, bytesTotal: r.bytesTotal, rateBytesPerSec: r.rateBytesPerSec, wireBytes: r.wireBytes, etaMs: eta(r.bytesTotal - r.bytesDone, r.rateBytesPerSec) };
-    }
-    const samples = progress.samples!;
-    samples.push({ at: Date.now(), kind, stream: r.stream, bytesDone: r.bytesDone, rateBytesPerSec: r.rateBytesPerSec });
-    // Bounded state: past the cap, keep every other sample (the picture keeps its shape).
-    if (samples.length > MAX_SAMPLES) progress.samples = samples.filter((_, i) => i % 2 === 0);
-  });
+  setHandler(progressSignal, (r) => applyReport(progress, r));
   setHandler(
     cancelUpdate,
     (reason) => {
@@ -496,17 +411,6 @@ export async function migrateInstance(input: MigrateInput): Promise<MigrationRes
     };
   }
   }
-}
-
-/** The outcome as a search attribute and the reason in the memo: `ferry list` shows both without a query. */
-function closeStory(outcome: 'migrated' | 'rolled-back' | 'failed', reason?: string) {
-  upsertSearchAttributes([{ key: SA_OUTCOME, value: outcome }]);
-  if (reason) upsertMemo({ reason: reason.slice(0, 2000) });
-}
-
-/** Time left at `rate` bytes/s, when there is a rate to go by. */
-function eta(remainingBytes: number, rate: number): number | undefined {
-  return rate > 0 ? Math.round((Math.max(0, remainingBytes) / rate) * 1000) : undefined;
 }
 
 function isRetryable(err: unknown): boolean {

@@ -10,7 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { join } from 'node:path';
 import { NativeConnection, Worker } from '@temporalio/worker';
 import { WorkflowFailedError } from '@temporalio/client';
-import { startXenMigrationLab, type XenMigrationLab } from '../../src/labs/xen/xen-migration-lab.js';
+import { XEN_LAB_DOWNTIME, startXenMigrationLab, type XenMigrationLab } from '../../src/labs/xen/xen-migration-lab.js';
 import { LINK_CUTTER_PATH, installLinkCutter } from '../../src/labs/xen/link-cutter.js';
 import { LAB_VG, XEN_STATE_DIR, labDiskPath, labMac, recordOffset, type LabDisk } from '../../src/labs/xen/lab-guest.js';
 import { DOM0_GUEST_KERNEL } from '../../src/labs/xen/xen-lab.js';
@@ -18,7 +18,7 @@ import { startProber, stat, quiesce, type GuestStat } from '../../src/labs/guest
 import { createXenDriver } from '../../src/drivers/xen/xen-driver.js';
 import type { Executor } from '../../src/drivers/xen/executor.js';
 import { createNodeActivities } from '../../src/activities/node.js';
-import { createLogger } from '../../src/config/index.js';
+import { createLogger, parseDuration } from '../../src/config/index.js';
 import { taskQueueForNode } from '../../src/shared/names.js';
 import type { MigrationResult } from '../../src/shared/messages.js';
 import { result, startMigration, timedSetup, waitFor } from './helpers.js';
@@ -255,6 +255,8 @@ describe('Xen end to end: an operator\'s guest (xl create, an LV and an image fi
     console.log('xen migration result', JSON.stringify({ ...r, timeline: undefined }), JSON.stringify(probe));
 
     expect(r.outcome).toBe('migrated');
+    // The CLI's run took the lab controller's config default for the budget.
+    expect(r.options?.downtimeMs).toBe(parseDuration(XEN_LAB_DOWNTIME));
     expect(r.disksIdentical, 'SHA-256 of each disk on both hosts, source stopped, destination not yet running').toEqual({ xvda: true, xvdb: true });
     expect(probe.counterReset, 'the in-memory counter never went back').toBe(false);
     const after = await waitAnswer('xb', 120_000);

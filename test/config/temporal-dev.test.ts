@@ -19,6 +19,28 @@ async function freePort(): Promise<number> {
   });
 }
 
+/** Whether `port` can be bound on 127.0.0.1 right now. */
+function isFree(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = createServer();
+    s.once('error', () => resolve(false));
+    s.listen(port, '127.0.0.1', () => s.close(() => resolve(true)));
+  });
+}
+
+/**
+ * A frontend port whose companions are free too: the dev server also binds its HTTP API on
+ * port + 1000 and its internal services just above port (CI once lost the HTTP API's to another socket).
+ */
+async function freeServerPort(): Promise<number> {
+  for (;;) {
+    const port = await freePort();
+    if (port + 1000 > 65535) continue;
+    const companions = [1, 2, 3, 4, 1000].map((d) => port + d);
+    if ((await Promise.all(companions.map(isFree))).every(Boolean)) return port;
+  }
+}
+
 describe('temporal dev server', () => {
   const dir = mkdtempSync(join(tmpdir(), 'ferry-temporal-'));
   let server: DevServer | undefined;
@@ -28,7 +50,7 @@ describe('temporal dev server', () => {
   });
 
   it('starts, answers a client, has the Ferry search attributes, is reused, and stops', async () => {
-    const port = await freePort();
+    const port = await freeServerPort();
     const uiPort = await freePort();
     const dbFile = join(dir, 'temporal.db');
     server = await startDevServer({ ip: '127.0.0.1', port, uiPort, dbFile, logFile: join(dir, 'temporal.log') });

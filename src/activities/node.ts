@@ -299,7 +299,8 @@ export function createNodeActivities(deps: NodeActivityDeps) {
                   const now = Date.now();
                   const measured = prev && now > prev.at ? Math.round(((p.transferredBytes - prev.bytes) / (now - prev.at)) * 1000) : 0;
                   prev = { at: now, bytes: p.transferredBytes };
-                  recordMemoryProgress(p.transferredBytes, p.rateBytesPerSec ?? Math.max(0, measured));
+                  const rate = p.rateBytesPerSec ?? Math.max(0, measured);
+                  recordMemoryProgress(p.transferredBytes, rate);
                   report({
                     kind: 'memory',
                     stream: 'memory',
@@ -307,7 +308,7 @@ export function createNodeActivities(deps: NodeActivityDeps) {
                     bytesDone: p.transferredBytes,
                     bytesTotal: p.totalBytes,
                     remainingBytes: p.remainingBytes,
-                    rateBytesPerSec: p.rateBytesPerSec ?? Math.max(0, measured),
+                    rateBytesPerSec: rate,
                     wireBytes: p.transferredBytes,
                     dirtyPagesRate: p.dirtyPagesRate,
                     iteration: p.iteration,
@@ -336,7 +337,6 @@ export function createNodeActivities(deps: NodeActivityDeps) {
           try {
             out[d.vdev] = await withHeartbeat(() => sha256OfSource(source));
           } finally {
-            recordStreamStopped('disk');
             await source.close();
           }
         }

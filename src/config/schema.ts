@@ -3,6 +3,7 @@
 import { z } from 'zod';
 import { defaultsSectionSchema } from '../shared/options-schema.js';
 import { ID_PATTERN } from '../shared/names.js';
+import { HYPERVISOR_KINDS } from '../shared/instance.js';
 import { isSocketAddress, joinHostPort, splitHostPort } from '../shared/host-port.js';
 
 export { MAX_DOWNTIME_MS } from '../shared/options.js';
@@ -68,7 +69,7 @@ const xenSchema = z.strictObject({
 const nodeSchema = z
   .strictObject({
     name: z.string().regex(ID_PATTERN, 'must be 1-63 characters of a-z, 0-9 and "-", starting with a letter or digit'),
-    hypervisor: z.enum(['qemu', 'xen']).optional(),
+    hypervisor: z.enum(HYPERVISOR_KINDS).optional(),
     dataAddress: address,
     stateDir: pathString.optional(),
     xen: xenSchema.optional(),

@@ -9,6 +9,8 @@ export interface SchemaMigration {
   version: number;
   description: string;
   statements: string[];
+  /** Drops and recreates a table that others reference: runs with foreign keys off, checked after. */
+  rebuildsTables?: boolean;
 }
 
 export const MIGRATIONS: readonly SchemaMigration[] = [
@@ -76,12 +78,53 @@ export const MIGRATIONS: readonly SchemaMigration[] = [
       )`,
     ],
   },
+  {
+    version: 2,
+    description: "nodes may run libvirt (the hypervisor CHECK gains 'libvirt')",
+    // SQLite cannot alter a CHECK: the table is rebuilt (sqlite.org/lang_altertable.html, "other
+    // kinds of table schema changes"), with foreign keys off around it (see migrate). The rename
+    // keeps the other tables' REFERENCES nodes(name) pointing at the new table.
+    rebuildsTables: true,
+    statements: [
+      `CREATE TABLE nodes_v2 (
+        name VARCHAR(63) PRIMARY KEY,
+        hypervisor VARCHAR(8) NOT NULL CHECK (hypervisor IN ('qemu', 'xen', 'libvirt')),
+        control_address VARCHAR(255) NOT NULL,
+        data_address VARCHAR(255) NOT NULL,
+        state VARCHAR(8) NOT NULL DEFAULT 'up' CHECK (state IN ('up', 'down', 'drain')),
+        vcpus INTEGER NOT NULL CHECK (vcpus >= 0),
+        memory_mib BIGINT NOT NULL CHECK (memory_mib >= 0),
+        disk_bytes BIGINT NOT NULL CHECK (disk_bytes >= 0),
+        extra TEXT NOT NULL DEFAULT '{}',
+        created_at VARCHAR(32) NOT NULL,
+        updated_at VARCHAR(32) NOT NULL
+      )`,
+      `INSERT INTO nodes_v2 (name, hypervisor, control_address, data_address, state, vcpus, memory_mib, disk_bytes, extra, created_at, updated_at)
+        SELECT name, hypervisor, control_address, data_address, state, vcpus, memory_mib, disk_bytes, extra, created_at, updated_at FROM nodes`,
+      `DROP TABLE nodes`,
+      `ALTER TABLE nodes_v2 RENAME TO nodes`,
+    ],
+  },
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS[MIGRATIONS.length - 1]!.version;
 
 /** Brings the database to SCHEMA_VERSION. Safe when several processes open the file at once. */
 export function migrate(db: Database.Database): number {
+  // PRAGMA foreign_keys is a no-op inside a transaction, so it is switched around it; the
+  // transaction ends with foreign_key_check, so a rebuild that broke a reference rolls back.
+  const fk = db.pragma('foreign_keys', { simple: true }) as number;
+  const current = db.pragma('user_version', { simple: true }) as number;
+  const rebuilds = MIGRATIONS.some((m) => m.version > current && m.rebuildsTables);
+  if (rebuilds) db.pragma('foreign_keys = OFF');
+  try {
+    return migrateInTransaction(db);
+  } finally {
+    if (rebuilds && fk) db.pragma('foreign_keys = ON');
+  }
+}
+
+function migrateInTransaction(db: Database.Database): number {
   const run = db.transaction(() => {
     // Re-read inside the write lock: another process may have migrated meanwhile.
     const current = db.pragma('user_version', { simple: true }) as number;
@@ -91,12 +134,17 @@ export function migrate(db: Database.Database): number {
         `inventory schema version ${current} is newer than this Ferry (${SCHEMA_VERSION}): upgrade Ferry`,
       );
     }
+    // References already broken before (the consistency check reports them) do not block an upgrade.
+    const upgrading = current < SCHEMA_VERSION;
+    const brokenBefore = upgrading ? (db.pragma('foreign_key_check') as unknown[]).length : 0;
     for (const m of MIGRATIONS) {
       if (m.version <= current) continue;
       for (const sql of m.statements) db.exec(sql);
       // PRAGMA takes no bound parameters; the value is a compile-time integer from MIGRATIONS.
       db.pragma(`user_version = ${m.version}`);
     }
+    const broken = upgrading ? (db.pragma('foreign_key_check') as unknown[]).length - brokenBefore : 0;
+    if (broken > 0) throw new FerryError(ErrorTypes.DriverError, `inventory schema migration broke ${broken} references; nothing was changed`);
     return db.pragma('user_version', { simple: true }) as number;
   });
   return run.immediate();

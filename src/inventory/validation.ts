@@ -2,7 +2,7 @@
 // file names, QMP ids and SQL, so hostile or malformed ones are refused before any statement runs.
 import { z } from 'zod';
 import { ID_PATTERN, PHASES } from '../shared/names.js';
-import { VDEV_PATTERN } from '../shared/instance.js';
+import { HYPERVISOR_KINDS, VDEV_PATTERN } from '../shared/instance.js';
 import { FerryError, ErrorTypes } from '../shared/errors.js';
 
 /** Migration ids are wider than instance ids (a workflow id plus a run id), still file-name safe. */
@@ -29,7 +29,7 @@ export const resourcesSchema = z.strictObject({ vcpus: count, memoryMiB: count, 
 
 export const nodeInputSchema = z.strictObject({
   name: idSchema,
-  hypervisor: z.enum(['qemu', 'xen']),
+  hypervisor: z.enum(HYPERVISOR_KINDS),
   controlAddress: addressSchema,
   dataAddress: addressSchema,
   state: z.enum(['up', 'down', 'drain']).default('up'),
@@ -54,7 +54,7 @@ export const diskSpecSchema = z.strictObject({
 // Mirrors InstanceSpec of src/shared/instance.ts; unknown keys are kept for forward compatibility.
 export const instanceSpecSchema = z.looseObject({
   id: idSchema,
-  hypervisor: z.enum(['qemu', 'xen']),
+  hypervisor: z.enum(HYPERVISOR_KINDS),
   vcpus: positive,
   memoryMiB: positive,
   disks: z

@@ -3,7 +3,9 @@
 // QEMU process's arguments); nothing here is a lab setting. No Node built-ins: the workflow bundle
 // imports this module.
 
-export type HypervisorKind = 'qemu' | 'xen';
+/** The hypervisors Ferry has a driver for: QEMU processes it runs, Xen's xl, and libvirt's QEMU/KVM. */
+export const HYPERVISOR_KINDS = ['qemu', 'xen', 'libvirt'] as const;
+export type HypervisorKind = (typeof HYPERVISOR_KINDS)[number];
 
 /** How the guest came to run: the labs' own guests say `ferry`; an operator's, how they made it. */
 export type StartedBy = 'ferry' | 'xl create' | 'libvirt';

@@ -2,6 +2,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { openInventory, SCHEMA_VERSION, type Inventory } from '../../src/inventory/index.js';
+import { MIGRATIONS } from '../../src/inventory/schema.js';
 import { FerryError } from '../../src/shared/errors.js';
 import { seedCluster, spec, tempDir } from './helpers.js';
 
@@ -53,6 +54,33 @@ describe('inventory', () => {
     fix.pragma(`user_version = ${SCHEMA_VERSION}`);
     fix.close();
     inv = openInventory(path);
+  });
+
+  it('upgrades a version-1 inventory in place: libvirt nodes allowed, instances and references kept', () => {
+    inv.addInstance({ spec: spec('i-1'), host: 'node-b' });
+    inv.close();
+    // Put the nodes table back as version 1 wrote it (CHECK without libvirt).
+    const raw = new Database(path);
+    raw.pragma('foreign_keys = OFF');
+    const v1 = MIGRATIONS[0]!.statements[0]!.replace('CREATE TABLE nodes', 'CREATE TABLE nodes_v1');
+    expect(v1).toContain("IN ('qemu', 'xen')");
+    raw.exec(v1);
+    raw.exec('INSERT INTO nodes_v1 SELECT * FROM nodes; DROP TABLE nodes; ALTER TABLE nodes_v1 RENAME TO nodes');
+    raw.pragma('user_version = 1');
+    expect(() => raw.prepare("UPDATE nodes SET hypervisor = 'libvirt' WHERE name = 'node-x'").run()).toThrow(/CHECK/);
+    raw.close();
+
+    inv = openInventory(path);
+    const after = new Database(path, { readonly: true });
+    expect(after.pragma('user_version', { simple: true })).toBe(SCHEMA_VERSION);
+    expect(after.pragma('foreign_key_check')).toEqual([]);
+    after.close();
+    expect(inv.getInstance('i-1').host).toBe('node-b');
+    expect(inv.listNodes().map((n) => n.name)).toEqual(['node-a', 'node-b', 'node-x']);
+    inv.addNode({ name: 'node-l', hypervisor: 'libvirt', controlAddress: '10.0.0.9', dataAddress: '10.0.1.9', capacity: { vcpus: 4, memoryMiB: 4096, diskBytes: 1 << 30 } });
+    expect(inv.getNode('node-l').hypervisor).toBe('libvirt');
+    // References still bite: an instance on an unknown node is refused.
+    expect(() => inv.addInstance({ spec: spec('i-2'), host: 'node-q' })).toThrow();
   });
 
   it('stores nodes and instances and computes free capacity', () => {

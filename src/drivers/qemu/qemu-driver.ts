@@ -14,7 +14,7 @@ import { FerryError, ErrorTypes } from '../../shared/errors.js';
 import { withQmp, type QmpClient } from './qmp.js';
 import { NbdBlockSource } from './nbd-client.js';
 import { DEFAULT_QEMU, instancePaths, launchQemu, livePid, stopQemu, type InstancePaths } from './qemu-process.js';
-import { DEFAULT_GRANULARITY, LIVE_EXPORT, ensureExport, removeExports, startTracking, stopTracking, takeRound } from './dirty-tracking.js';
+import { DEFAULT_GRANULARITY, DISK_NODE, LIVE_EXPORT, ensureExport, forgetTracking, removeExports, startTracking, stopTracking, takeRound, takenRound, type TrackedDisk } from './dirty-tracking.js';
 import { exists } from '../file-exists.js';
 
 const execFileP = promisify(execFile);
@@ -69,6 +69,11 @@ export class QemuDriver implements HypervisorDriver {
 
   paths(spec: InstanceSpec): InstancePaths {
     return instancePaths(this.stateDir, spec.id);
+  }
+
+  /** The one tracked disk of an instance: QEMU's `disk0` node, its state under the instance's folder. */
+  private tracked(p: InstancePaths): TrackedDisk {
+    return { node: DISK_NODE, nbdSocket: p.nbd, stateFile: p.tracking, roundsDir: p.rounds };
   }
 
   private qmp<T>(spec: InstanceSpec, fn: (q: QmpClient) => Promise<T>): Promise<T> {
@@ -248,29 +253,32 @@ export class QemuDriver implements HypervisorDriver {
   async startDirtyTracking(spec: InstanceSpec): Promise<void> {
     const p = await this.requireLive(spec);
     const g = spec.extra?.dirtyGranularity;
-    await startTracking(p, typeof g === 'number' ? g : DEFAULT_GRANULARITY);
+    await withQmp(p.qmp, (q) => startTracking(q, this.tracked(p), typeof g === 'number' ? g : DEFAULT_GRANULARITY));
   }
 
   async takeDirtyRound(spec: InstanceSpec, round: number): Promise<Record<string, Extent[]>> {
     const disk = this.checkSpec(spec);
-    return { [disk.vdev]: await takeRound(await this.requireLive(spec), round) };
+    const p = this.paths(spec);
+    const taken = await takenRound(this.tracked(p), round);
+    if (taken) return { [disk.vdev]: taken };
+    await this.requireLive(spec);
+    return { [disk.vdev]: await withQmp(p.qmp, (q) => takeRound(q, this.tracked(p), round)) };
   }
 
   async openDisk(spec: InstanceSpec, vdev: string): Promise<BlockSource> {
     this.diskNamed(spec, vdev);
     const p = await this.requireLive(spec);
-    await withQmp(p.qmp, (q) => ensureExport(q, p, LIVE_EXPORT));
+    await withQmp(p.qmp, (q) => ensureExport(q, this.tracked(p), LIVE_EXPORT));
     return NbdBlockSource.open(p.nbd, LIVE_EXPORT);
   }
 
   async stopDirtyTracking(spec: InstanceSpec): Promise<void> {
     const p = this.paths(spec);
     if ((await livePid(p)) === null) {
-      await rm(p.tracking, { force: true });
-      await rm(p.rounds, { recursive: true, force: true });
+      await forgetTracking(this.tracked(p));
       return;
     }
-    await withQmp(p.qmp, (q) => stopTracking(p, q));
+    await withQmp(p.qmp, (q) => stopTracking(q, this.tracked(p)));
   }
 
   // opts.destinationDisks is not read: the destination QEMU opened its own disk in prepareDestination.

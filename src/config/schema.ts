@@ -64,6 +64,12 @@ const xenSchema = z.strictObject({
     .optional(),
 });
 
+// A libvirt node: the worker runs on the host and talks to its libvirtd locally (docs/libvirt.md).
+const libvirtSchema = z.strictObject({
+  /** libvirtd's socket; modular daemons use /run/libvirt/virtqemud-sock. */
+  socket: pathString.default('/run/libvirt/libvirt-sock'),
+});
+
 // Only node workers have this section; `loadConfig({ nodeName })` lets `--node NAME` fill in
 // the name before validation, so the output is always complete.
 const nodeSchema = z
@@ -73,6 +79,7 @@ const nodeSchema = z
     dataAddress: address,
     stateDir: pathString.optional(),
     xen: xenSchema.optional(),
+    libvirt: libvirtSchema.optional(),
   })
   .transform((n) => ({ ...n, stateDir: n.stateDir ?? `/var/lib/ferry/nodes/${n.name}` }));
 

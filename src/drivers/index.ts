@@ -35,6 +35,13 @@ export async function createDriver(cfg: FerryConfig): Promise<HypervisorDriver> 
         storage: { volumeGroup: xen?.volumeGroup, pathMap: xen?.pathMap },
       });
     }
+    case 'libvirt': {
+      const { createLibvirtDriver } = await import('./libvirt/libvirt-driver.js');
+      const driver = createLibvirtDriver({ stateDir: `${node.stateDir}/libvirt`, socket: node.libvirt?.socket });
+      // Fail at start when libvirtd is not there, not at the first migration.
+      await driver.virsh.run(['version']);
+      return driver;
+    }
     default:
       throw new Error(`no driver for hypervisor ${String(kind)}`);
   }

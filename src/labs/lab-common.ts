@@ -73,7 +73,7 @@ export async function waitForPollers(client: Client, queues: string[], timeoutMs
   }
 }
 
-type Launch = (cmd: string, args: string[], opts: SpawnOptions) => ChildProcess;
+export type Launch = (cmd: string, args: string[], opts: SpawnOptions) => ChildProcess;
 
 /**
  * The lab's `ferry worker` processes, each logging to `<logDir>/worker-<key>.log`. `launch` starts

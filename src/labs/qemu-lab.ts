@@ -18,7 +18,7 @@ import { loadConfig } from '../config/index.js';
 import { connectClient } from '../workers/connection.js';
 import type { InstanceSpec } from '../shared/instance.js';
 import { migrationWorkflowId } from '../shared/names.js';
-import { labWorkers, makeDisk, nodeScript, repoRoot, runToEnd, waitForPollers } from './lab-common.js';
+import { labWorkers, makeDisk, nodeScript, repoRoot, runToEnd, waitForPollers, type Launch } from './lab-common.js';
 
 export { runToEnd, waitForPollers };
 
@@ -30,6 +30,10 @@ export interface LabOptions {
   linkMbit?: number;
   temporalPort?: number;
   log?: (line: string) => void;
+  /** The nodes' hypervisor: QEMU processes Ferry runs (default), or libvirt (libvirt-lab.ts). */
+  hypervisor?: 'qemu' | 'libvirt';
+  /** How a node's worker is started (default: inside the node's network namespace). */
+  launchOnNode?: (node: string) => Launch;
 }
 
 export interface GuestOptions {
@@ -95,7 +99,7 @@ export async function startQemuLab(opts: LabOptions = {}) {
     if (!inventory.findNode(n.name)) {
       inventory.addNode({
         name: n.name,
-        hypervisor: 'qemu',
+        hypervisor: opts.hypervisor ?? 'qemu',
         controlAddress: n.mgmtAddress,
         dataAddress: n.dataAddress,
         capacity: { vcpus: 16, memoryMiB: 8192, diskBytes: 64 * 1024 * MiB },
@@ -136,8 +140,9 @@ export async function startQemuLab(opts: LabOptions = {}) {
           FERRY_STATE_DIR: nodeStateDir(name),
           // Prometheus metrics on the node's own address (each node has its namespace): lab.metricsUrl().
           FERRY_METRICS_ADDRESS: `${n.mgmtAddress}:${LAB_METRICS_PORT}`,
+          FERRY_HYPERVISOR: opts.hypervisor ?? 'qemu',
         },
-        (cmd, args, o) => runInNamespace(n.netns, cmd, args, o),
+        opts.launchOnNode?.(name) ?? ((cmd, args, o) => runInNamespace(n.netns, cmd, args, o)),
       );
     },
     async startWorkers() {

@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import type { InstanceSpec } from '../driver.js';
 import { FerryError, ErrorTypes } from '../../shared/errors.js';
 import { ID_PATTERN } from '../../shared/names.js';
+import { pickAccelerator, type Accelerator } from './accelerator.js';
 
 export const DEFAULT_QEMU = 'qemu-system-x86_64';
 /** Guest port of the lab workload's request server (src/labs/guest/init). */
@@ -106,6 +107,8 @@ export interface LaunchOptions {
   incoming: boolean;
   netns?: string;
   qemuBinary?: string;
+  /** KVM or TCG (accelerator.ts picks it for this host); default tcg. */
+  accel?: Accelerator;
 }
 
 /** QEMU's command line for an instance; source and destination differ only in -incoming and disk. */
@@ -116,7 +119,7 @@ export function qemuArgs(o: LaunchOptions): string[] {
   if (!Number.isInteger(spec.memoryMiB) || spec.memoryMiB < 16) throw new FerryError(ErrorTypes.BadInput, `bad memoryMiB ${spec.memoryMiB}`);
   const args = [
     '-name', `ferry-${spec.id}`,
-    '-accel', 'tcg', // lab-notes: KVM is unusable on these hosts
+    '-accel', o.accel ?? 'tcg',
     '-cpu', 'qemu64',
     '-smp', String(spec.vcpus),
     '-m', String(spec.memoryMiB),
@@ -162,7 +165,7 @@ export function qemuArgs(o: LaunchOptions): string[] {
  * in qemu.log.
  */
 export async function launchQemu(o: LaunchOptions): Promise<number> {
-  const args = qemuArgs(o);
+  const args = qemuArgs({ ...o, accel: o.accel ?? (await pickAccelerator(o.qemuBinary ?? DEFAULT_QEMU)) });
   await mkdir(o.paths.dir, { recursive: true });
   const bin = o.qemuBinary ?? DEFAULT_QEMU;
   const [cmd, argv] = o.netns ? ['ip', ['netns', 'exec', o.netns, bin, ...args]] : [bin, args];

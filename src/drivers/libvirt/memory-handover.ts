@@ -1,0 +1,223 @@
+// Memory through libvirt's own migration (`virsh migrate --live`), with Ferry deciding the moment
+// of the pause. libvirt 9.0 gives no public way to stop between its phases, so Ferry carries both
+// host-to-host streams (virsh's RPC to the destination libvirtd, QEMU's migration stream) through
+// its own TLS tunnel (stream-tunnel.ts) and:
+//  1. keeps QEMU from switching over by itself (downtime limit 1 ms) while pre-copy runs;
+//  2. when what is left fits the budget, holds the migration stream and suspends the source:
+//     the source QEMU cannot finish, so it stays alive with its disks readable for the final round;
+//  3. at switchover, releases the stream: libvirt completes, the destination starts paused
+//     (`--suspend`), and `resume` runs it. Even if QEMU converged on its own before the hold,
+//     the destination would wait paused, never running ahead of its disks.
+// The virsh child and the tunnel live in this worker; if it dies, the stream breaks, libvirt
+// aborts the job and resumes the source (its pre-migration state).
+import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { createServer, type AddressInfo } from 'node:net';
+import { join } from 'node:path';
+import { z } from 'zod';
+import { FerryError, ErrorTypes } from '../../shared/errors.js';
+import type { MemoryProgress } from '../driver.js';
+import { startTunnelClient, startTunnelServer, type TunnelClient, type TunnelEndpoint } from './stream-tunnel.js';
+import { cleanError, type Virsh } from './virsh.js';
+
+const URI_PREFIX = 'ferry-tunnel:';
+const planSchema = z.strictObject({
+  tunnel: z.strictObject({ host: z.string().min(1).max(255), port: z.number().int().min(1).max(65535), token: z.string().regex(/^[0-9a-f]{64}$/), certPem: z.string().min(1).max(16384) }),
+  memoryPort: z.number().int().min(1024).max(65535),
+});
+export type MemoryPlan = z.infer<typeof planSchema>;
+
+/** The destination's side of the handover, as one opaque string the workflow carries. */
+export function encodeMemoryUri(plan: MemoryPlan): string {
+  return URI_PREFIX + Buffer.from(JSON.stringify(plan)).toString('base64url');
+}
+
+export function decodeMemoryUri(uri: string): MemoryPlan {
+  if (!uri.startsWith(URI_PREFIX)) throw new FerryError(ErrorTypes.BadInput, `not a libvirt memory URI: ${uri.slice(0, 40)}`);
+  try {
+    return planSchema.parse(JSON.parse(Buffer.from(uri.slice(URI_PREFIX.length), 'base64url').toString('utf8')));
+  } catch (e) {
+    throw new FerryError(ErrorTypes.BadInput, `malformed libvirt memory URI: ${(e as Error).message.slice(0, 200)}`);
+  }
+}
+
+// --- destination ---
+
+const servers = new Map<string, { plan: MemoryPlan; close(): Promise<void> }>();
+
+async function freeLoopbackPort(): Promise<number> {
+  const srv = createServer();
+  await new Promise<void>((resolve, reject) => srv.once('error', reject).listen(0, '127.0.0.1', resolve));
+  const { port } = srv.address() as AddressInfo;
+  await new Promise((r) => srv.close(r));
+  return port;
+}
+
+/** The tunnel's destination end: libvirt's socket and the port the incoming QEMU will listen on. Idempotent per instance. */
+export async function openDestinationTunnel(id: string, opts: { listenHost: string; libvirtSocket: string; log?: (l: string) => void }): Promise<MemoryPlan> {
+  const have = servers.get(id);
+  if (have) return have.plan;
+  const memoryPort = await freeLoopbackPort();
+  const server = await startTunnelServer({
+    listenHost: opts.listenHost,
+    token: randomBytes(32).toString('hex'),
+    targets: { libvirt: { kind: 'unix', path: opts.libvirtSocket }, memory: { kind: 'tcp', host: '127.0.0.1', port: memoryPort } },
+    log: opts.log,
+  });
+  const plan: MemoryPlan = { tunnel: server.endpoint, memoryPort };
+  servers.set(id, { plan, close: () => server.close() });
+  return plan;
+}
+
+export async function closeDestinationTunnel(id: string): Promise<void> {
+  const s = servers.get(id);
+  servers.delete(id);
+  await s?.close();
+}
+
+// --- source ---
+
+interface MigrationInfo {
+  status?: string;
+  'total-time'?: number;
+  ram?: { transferred: number; remaining: number; total: number; 'dirty-pages-rate'?: number; 'dirty-sync-count'?: number; mbps?: number };
+  'error-desc'?: string;
+}
+
+interface Inflight {
+  child: ChildProcess;
+  exit: Promise<{ code: number | null; stderr: string }>;
+  tunnel: TunnelClient;
+  startedAt: number;
+  pausedAt?: number;
+  transferred: number;
+}
+
+const inflight = new Map<string, Inflight>();
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+function memoryError(msg: string): FerryError {
+  return new FerryError(ErrorTypes.MemoryMigrationFailed, msg);
+}
+
+/** Pre-copy passes after which a guest that still does not fit the budget is given up on. */
+const MAX_ITERATIONS = 40;
+
+export interface SourceMigrationOptions {
+  dir: string;
+  downtimeMs: number;
+  bandwidthBytesPerSec?: number;
+  pollMs?: number;
+  onProgress?: (p: MemoryProgress) => void;
+  log?: (l: string) => void;
+}
+
+/** Starts (or, on a retry, rejoins) the migration and returns once the source is paused and held. */
+export async function migrateUntilPaused(virsh: Virsh, domain: string, memoryUri: string, o: SourceMigrationOptions): Promise<void> {
+  let m = inflight.get(domain);
+  if (!m) m = await start(virsh, domain, decodeMemoryUri(memoryUri), o);
+  if (m.pausedAt) return;
+  const qmp = virsh.qmp(domain);
+  let limited = false;
+  for (;;) {
+    const done = await Promise.race([m.exit.then((e) => e), sleep(o.pollMs ?? 200).then(() => null)]);
+    if (done) {
+      inflight.delete(domain);
+      await m.tunnel.close();
+      if (done.code === 0) throw memoryError(`libvirt finished migrating ${domain} before Ferry paused it; the destination waits paused`);
+      throw memoryError(`virsh migrate ${domain} failed: ${cleanError(done.stderr)}`);
+    }
+    const info = await qmp.execute<MigrationInfo>('query-migrate').catch(() => ({}) as MigrationInfo);
+    if (info.status === 'active' && !limited) {
+      // Once the job runs: QEMU must not decide the switchover itself (see the header).
+      await virsh.run(['migrate-setmaxdowntime', '--domain', domain, '--downtime', '1']).catch(() => undefined);
+      limited = true;
+    }
+    const rate = info.ram?.mbps !== undefined ? Math.round((info.ram.mbps * 1e6) / 8) : undefined;
+    const iteration = info.ram?.['dirty-sync-count'] ?? 0;
+    m.transferred = info.ram?.transferred ?? m.transferred;
+    o.onProgress?.({
+      status: info.status ?? 'setup',
+      transferredBytes: m.transferred,
+      remainingBytes: info.ram?.remaining ?? 0,
+      totalBytes: info.ram?.total ?? 0,
+      dirtyPagesRate: info.ram?.['dirty-pages-rate'],
+      iteration,
+      rateBytesPerSec: rate,
+    });
+    if (info.status === 'failed') throw memoryError(`memory migration of ${domain} failed: ${info['error-desc'] ?? 'no reason given'}`);
+    if (info.status !== 'active' || iteration < 2 || !limited) continue;
+    const remaining = info.ram?.remaining ?? Infinity;
+    const fits = remaining <= Math.max(256 * 1024, ((rate ?? 0) * o.downtimeMs) / 1000);
+    if (!fits && iteration < MAX_ITERATIONS) continue;
+    if (!fits) throw new FerryError(ErrorTypes.WontConverge, `${domain} dirties memory faster than the link carries it: ${remaining} bytes left after ${iteration} passes`);
+    await m.tunnel.hold('memory');
+    await virsh.run(['suspend', '--domain', domain]);
+    m.pausedAt = Date.now();
+    o.log?.(`libvirt: ${domain} paused with ${remaining} bytes of memory left, stream held`);
+    return;
+  }
+}
+
+async function start(virsh: Virsh, domain: string, plan: MemoryPlan, o: SourceMigrationOptions): Promise<Inflight> {
+  const libvirtSocket = join(o.dir, 'dest-libvirt.sock');
+  const tunnel = await startTunnelClient({
+    endpoint: plan.tunnel as TunnelEndpoint,
+    listeners: [
+      { channel: 'libvirt', listen: { kind: 'unix', path: libvirtSocket } },
+      { channel: 'memory', listen: { kind: 'tcp', host: '127.0.0.1', port: plan.memoryPort } },
+    ],
+    log: o.log,
+  });
+  const args = [
+    '-q', '-c', virsh.uri, 'migrate', '--live', '--unsafe', '--suspend', '--persistent', '--auto-converge',
+    '--domain', domain,
+    '--desturi', `qemu+unix:///system?socket=${libvirtSocket}`,
+    // Both ends see 127.0.0.1: the destination QEMU listens there, the source connects to the
+    // tunnel's listener there (port free on both hosts, checked by the listen above).
+    '--migrateuri', `tcp://127.0.0.1:${plan.memoryPort}`,
+  ];
+  if (o.bandwidthBytesPerSec && o.bandwidthBytesPerSec > 0) args.push('--bandwidth', String(Math.max(1, Math.floor(o.bandwidthBytesPerSec / (1024 * 1024)))));
+  const child = spawn('virsh', args, { stdio: ['ignore', 'ignore', 'pipe'] });
+  let stderr = '';
+  child.stderr!.on('data', (d: Buffer) => (stderr = (stderr + d.toString()).slice(-4096)));
+  const exit = new Promise<{ code: number | null; stderr: string }>((resolve) => {
+    child.once('error', (e) => resolve({ code: -1, stderr: e.message }));
+    child.once('close', (code) => resolve({ code, stderr }));
+  });
+  const m: Inflight = { child, exit, tunnel, startedAt: Date.now(), transferred: 0 };
+  inflight.set(domain, m);
+  return m;
+}
+
+/** Lets libvirt finish: the held stream flows, the destination ends paused. */
+export async function releaseAndFinish(domain: string): Promise<{ totalMs: number; downtimeMs?: number; transferredBytes: number }> {
+  const m = inflight.get(domain);
+  if (!m) throw memoryError(`no migration of ${domain} is in flight in this worker (it restarted?); the source resumes when libvirt notices the broken stream`);
+  m.tunnel.release('memory');
+  const done = await m.exit;
+  inflight.delete(domain);
+  await m.tunnel.close();
+  if (done.code !== 0) throw memoryError(`switchover of ${domain} failed: ${cleanError(done.stderr)}`);
+  return { totalMs: Date.now() - m.startedAt, downtimeMs: m.pausedAt ? Date.now() - m.pausedAt : undefined, transferredBytes: m.transferred };
+}
+
+/** Aborts the migration if one runs (ours or one a dead worker left); the caller resumes the source. */
+export async function abortMigration(virsh: Virsh, domain: string): Promise<void> {
+  const m = inflight.get(domain);
+  await virsh.run(['domjobabort', '--domain', domain]).catch(() => undefined);
+  if (!m) return;
+  m.tunnel.release('memory');
+  const timer = setTimeout(() => m.child.kill('SIGTERM'), 60_000);
+  try {
+    await m.exit;
+  } finally {
+    clearTimeout(timer);
+    inflight.delete(domain);
+    await m.tunnel.close();
+  }
+}
+
+export function migrationInFlight(domain: string): boolean {
+  return inflight.has(domain);
+}

@@ -31,8 +31,13 @@ afterAll(async () => {
 
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 
-async function until(cond: () => boolean): Promise<void> {
-  while (!cond()) await sleep(10);
+/** Waits for `cond`; the generous deadline only turns a hang into a readable failure. */
+async function until(cond: () => boolean, what = cond.toString()): Promise<void> {
+  const deadline = Date.now() + 30_000;
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error(`still not true after 30 s: ${what}`);
+    await sleep(10);
+  }
 }
 
 /** A target server: echoes (or just swallows) what it gets, and counts connections and bytes. */
@@ -77,24 +82,27 @@ function connectLocal(c: TunnelClient, channel: string): net.Socket {
   return s;
 }
 
-/** Writes `payload` in 64 KiB pieces honouring backpressure, ends, and collects what comes back. */
-function exchange(s: net.Socket, payload: Buffer): { sent: Promise<void>; back: Promise<Buffer> } {
+/** Writes `payload` in 64 KiB pieces honouring backpressure (and a 1 ms pause per piece while `pace.on`), ends, and collects what comes back. */
+function exchange(s: net.Socket, payload: Buffer, pace = { on: false }): { sent: Promise<void>; back: Promise<Buffer> } {
   const parts: Buffer[] = [];
   const back = new Promise<Buffer>((resolve, reject) => {
     s.on('data', (c: Buffer) => parts.push(c));
     s.on('end', () => resolve(Buffer.concat(parts)));
     s.on('close', () => reject(new Error('closed before end')));
   });
+  back.catch(() => {}); // a test that fails early must not also leave an unhandled rejection
   const sent = (async () => {
     for (let off = 0; off < payload.length; off += 64 * 1024) {
       if (!s.write(payload.subarray(off, off + 64 * 1024))) await new Promise((r) => s.once('drain', r));
+      if (pace.on) await sleep(1);
     }
     s.end();
   })();
   return { sent, back };
 }
 
-const closed = (s: net.Socket) => new Promise<void>((r) => (s.closed ? r() : s.once('close', () => r())));
+/** The tunnel shut `s` (EOF or reset): a half-open local socket sees 'end' and may never close by itself. */
+const shut = (s: net.Socket) => new Promise<void>((r) => (s.closed || s.readableEnded ? r() : s.once('end', r).once('close', r).resume()));
 
 describe('stream tunnel', () => {
   it('round-trips 32 MiB byte-identical on a tcp and a unix channel at once', async () => {
@@ -126,18 +134,21 @@ describe('stream tunnel', () => {
     const echo = await target('tcp', 'echo');
     const log: string[] = [];
     const server = await tunnel({ mem: echo.at }, log);
-    const bad = await client({ endpoint: { ...server.endpoint, token: 'not-the-token' }, listeners: [{ channel: 'mem', listen: { kind: 'tcp', host: '127.0.0.1', port: 0 } }], log: (l) => log.push(`client: ${l}`) });
+    const errs: FerryError[] = [];
+    const onError = (_ch: string, e: FerryError) => errs.push(e);
+    const bad = await client({ endpoint: { ...server.endpoint, token: 'not-the-token' }, listeners: [{ channel: 'mem', listen: { kind: 'tcp', host: '127.0.0.1', port: 0 } }], log: (l) => log.push(`client: ${l}`), onError });
     const s1 = connectLocal(bad, 'mem');
     s1.write('hello');
-    await closed(s1);
-    const other = await client({ endpoint: server.endpoint, listeners: [{ channel: 'disk', listen: { kind: 'unix', path: join(tmp, 'disk.sock') } }], log: (l) => log.push(`client: ${l}`) });
+    await shut(s1);
+    const other = await client({ endpoint: server.endpoint, listeners: [{ channel: 'disk', listen: { kind: 'unix', path: join(tmp, 'disk.sock') } }], log: (l) => log.push(`client: ${l}`), onError });
     const s2 = connectLocal(other, 'disk');
     s2.write('hello');
-    await closed(s2);
+    await shut(s2);
     expect(echo.connections).toBe(0);
     expect(server.connections()).toBe(0);
     expect(log.some((l) => l.startsWith('client: tunnel mem') && l.includes('token is wrong') && l.includes(ErrorTypes.AuthFailed))).toBe(true);
     expect(log.some((l) => l.startsWith('client: tunnel disk') && l.includes('unknown tunnel channel "disk"'))).toBe(true);
+    expect(errs.map((e) => e.type)).toEqual([ErrorTypes.AuthFailed, ErrorTypes.BadInput]);
   });
 
   it('holds a channel: nothing reaches the target until release, the other channel keeps flowing, the stream ends intact', async () => {
@@ -151,22 +162,32 @@ describe('stream tunnel', () => {
       ],
     });
     const payload = randomBytes(96 * MiB);
-    const mem = exchange(connectLocal(c, 'mem'), payload);
-    await until(() => sink.bytes >= 8 * MiB);
-    await c.hold('mem');
-    const sent = c.bytesSent('mem');
-    expect(sent).toBeLessThan(payload.length);
-    // What was already on the wire when hold resolved still lands; after that, nothing more.
-    await until(() => sink.bytes === sent);
-    await sleep(300);
-    expect(sink.bytes).toBe(sent);
-    expect(c.bytesSent('mem')).toBe(sent);
+    // Paced first, so the tunnel is reading (not waiting for a drain) when the first hold comes; then flat out.
+    const pace = { on: true };
+    const mem = exchange(connectLocal(c, 'mem'), payload, pace);
+    const holdAndCheck = async () => {
+      await c.hold('mem');
+      const sent = c.bytesSent('mem');
+      expect(sent).toBeLessThan(payload.length);
+      // What was already on the wire when hold resolved still lands; after that, nothing more.
+      await until(() => sink.bytes === sent);
+      await sleep(300);
+      expect(sink.bytes).toBe(sent);
+      expect(c.bytesSent('mem')).toBe(sent);
+      return sent;
+    };
+    await until(() => sink.bytes >= 4 * MiB);
+    let sent = await holdAndCheck();
     // rpc is not held: a round trip works while mem is.
     const small = randomBytes(2 * MiB);
     expect(sha(await exchange(connectLocal(c, 'rpc'), small).back)).toBe(sha(small));
     expect(sink.bytes).toBe(sent);
     c.release('mem');
     await until(() => sink.bytes > sent);
+    pace.on = false;
+    await until(() => sink.bytes >= sent + 16 * MiB);
+    sent = await holdAndCheck();
+    c.release('mem');
     await mem.sent;
     expect(sha(await sink.received)).toBe(sha(payload));
     await mem.back; // the sink's end travels back to the local client
@@ -178,12 +199,18 @@ describe('stream tunnel', () => {
     const log: string[] = [];
     const server = await tunnel({ mem: echo.at }, log);
     const other = await generateSelfSignedCert('127.0.0.1');
-    const c = await client({ endpoint: { ...server.endpoint, certPem: other.certPem }, listeners: [{ channel: 'mem', listen: { kind: 'tcp', host: '127.0.0.1', port: 0 } }], log: (l) => log.push(`client: ${l}`) });
+    const errs: FerryError[] = [];
+    const c = await client({
+      endpoint: { ...server.endpoint, certPem: other.certPem }, listeners: [{ channel: 'mem', listen: { kind: 'tcp', host: '127.0.0.1', port: 0 } }],
+      log: (l) => log.push(`client: ${l}`), onError: (_ch, e) => errs.push(e),
+    });
     const s = connectLocal(c, 'mem');
     s.write('hello');
-    await closed(s);
+    await shut(s);
     expect(echo.connections).toBe(0);
     expect(log.some((l) => l.startsWith('client: tunnel mem: connection') && l.includes('failed'))).toBe(true);
+    expect(errs.map((e) => e.type)).toEqual([ErrorTypes.AuthFailed]);
+    expect(server.connections()).toBe(0);
   });
 
   it('drops a client whose hello line is longer than 4 KiB, with or without a newline', async () => {
@@ -196,7 +223,7 @@ describe('stream tunnel', () => {
       const got: Buffer[] = [];
       s.on('data', (d: Buffer) => got.push(d));
       s.once('secureConnect', () => s.write(hello));
-      await closed(s);
+      await shut(s);
       expect(Buffer.concat(got).length).toBe(0); // dropped: not even an error line
     }
     expect(echo.connections).toBe(0);

@@ -117,11 +117,9 @@ export async function openDestinationTarget(dir: string, d: DiskSpec): Promise<D
     write: (o, b) => target.write(o, b),
     datasync: () => target.datasync(),
     close: async () => {
-      try {
-        await target.close();
-      } finally {
-        await release(socketPath);
-      }
+      // The server may be gone already (stopped before the destination runs): nothing to flush then.
+      await target.close().catch(() => undefined);
+      await release(socketPath);
     },
   };
 }

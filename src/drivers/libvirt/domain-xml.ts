@@ -164,7 +164,7 @@ function hasMedia(source: Obj | undefined): boolean {
 }
 
 /** The disk Ferry would move, or why it cannot; undefined for an empty CD-ROM or floppy drive. */
-function diskOf(domain: string, d: Obj): DomainDisk | string | undefined {
+function diskFrom(domain: string, d: Obj): DomainDisk | string | undefined {
   const device = attr(d, 'device') ?? 'disk';
   const type = attr(d, 'type') ?? 'file';
   const source = child(d, 'source');
@@ -255,7 +255,7 @@ export function parseDomainXml(xml: string): DomainXml {
   const devices = child(dom, 'devices');
   const disks: DomainDisk[] = [];
   for (const d of els(devices?.disk)) {
-    const r = diskOf(name || 'DOMAIN', d);
+    const r = diskFrom(name || 'DOMAIN', d);
     if (typeof r === 'string') reasons.push(r);
     else if (r) disks.push(r);
   }

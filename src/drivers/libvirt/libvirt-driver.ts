@@ -13,7 +13,7 @@ import type { Extent } from '../../shared/extents.js';
 import { FerryError, ErrorTypes } from '../../shared/errors.js';
 import { ID_PATTERN } from '../../shared/names.js';
 import { NbdBlockSource } from '../qemu/nbd-client.js';
-import { DEFAULT_GRANULARITY, ensureExport, forgetTracking, removeExports, startTracking, stopTracking, takeRound, takenRound, type QmpExecutor, type TrackedDisk } from '../qemu/dirty-tracking.js';
+import { DEFAULT_GRANULARITY, ensureExport, removeExports, startTracking, stopTracking, takeRound, takenRound, type QmpExecutor, type TrackedDisk } from '../qemu/dirty-tracking.js';
 import { exists } from '../file-exists.js';
 import { parseDomainXml, instanceSpecOf, type DomainXml } from './domain-xml.js';
 import { Virsh } from './virsh.js';
@@ -102,7 +102,7 @@ export class LibvirtDriver implements HypervisorDriver {
   private async diskSizes(d: DomainXml): Promise<Record<string, number>> {
     const sizes: Record<string, number> = {};
     for (const disk of d.disks) {
-      const out = await this.virsh.run(['domblkinfo', '--domain', d.name, '--device', disk.vdev, '--bytes']);
+      const out = await this.virsh.run(['domblkinfo', '--domain', d.name, '--device', disk.vdev]);
       const m = /Capacity:\s+(\d+)/.exec(out);
       if (!m) throw new FerryError(ErrorTypes.DriverError, `virsh domblkinfo gave no capacity for ${d.name}/${disk.vdev}`);
       sizes[disk.vdev] = Number(m[1]);
@@ -110,10 +110,11 @@ export class LibvirtDriver implements HypervisorDriver {
     return sizes;
   }
 
+  // Called on both hosts: the domain's own checks apply where it runs (the source).
   async checkMigratable(spec: InstanceSpec): Promise<void> {
     this.checkSpec(spec);
     const { state } = await this.virsh.domstate(spec.id);
-    if (state === 'absent') throw new FerryError(ErrorTypes.InstanceNotRunning, `libvirt on this node has no domain ${spec.id}`);
+    if (state === 'absent') return;
     if (state !== 'running') throw new FerryError(ErrorTypes.InstanceNotRunning, `domain ${spec.id} is ${state} here; Ferry live-migrates running domains`);
     const d = await this.domainXml(spec.id);
     if (d.refusal) throw new FerryError(ErrorTypes.BadInput, `domain ${spec.id} cannot be moved: ${d.refusal}`);
@@ -164,6 +165,9 @@ export class LibvirtDriver implements HypervisorDriver {
   }
 
   async resume(spec: InstanceSpec): Promise<void> {
+    // libvirt activates the disks (takes their write locks) at `cont`: qemu-nbd must let go first.
+    // Every stream is done by now; a receiver still open finds its server gone, which it tolerates.
+    await stopQemuNbd(this.dir(spec));
     const deadline = Date.now() + 300_000;
     for (;;) {
       const { state, reason } = await this.virsh.domstate(spec.id);
@@ -176,7 +180,8 @@ export class LibvirtDriver implements HypervisorDriver {
       await new Promise((r) => setTimeout(r, 200));
     }
     await closeDestinationTunnel(spec.id);
-    await stopQemuNbd(this.dir(spec));
+    // The guest runs here now: the record of what Ferry created is no longer needed for a rollback.
+    await rm(this.dir(spec), { recursive: true, force: true });
   }
 
   async abortDestination(spec: InstanceSpec): Promise<void> {
@@ -258,13 +263,15 @@ export class LibvirtDriver implements HypervisorDriver {
     const dir = this.dir(spec);
     const { state } = await this.virsh.domstate(spec.id);
     if (state !== 'running' && state !== 'paused') {
-      for (const d of spec.disks) await forgetTracking(this.trackedFiles(dir, d.vdev, ''));
+      await rm(dir, { recursive: true, force: true });
       return;
     }
     const q = this.virsh.qmp(spec.id);
     for (const t of Object.values(await this.tracked(spec, q))) await stopTracking(q, t);
     await removeExports(q);
     await q.execute('nbd-server-stop').catch(() => undefined);
+    // Only called to undo (a success ends in retire): nothing of Ferry stays on the host.
+    await rm(dir, { recursive: true, force: true });
   }
 
   async migrateMemory(

@@ -48,17 +48,12 @@ class Flow {
     from.on('data', (chunk: Buffer) => {
       this.bytes += chunk.length;
       this.pending++;
-      const ok = to.write(chunk, () => {
-        this.pending--;
-        if (this.pending === 0) this.wake();
-      });
+      const ok = to.write(chunk, () => --this.pending === 0 && this.wake());
       if (!ok && !this.waitingDrain) {
         this.waitingDrain = true;
         from.pause();
-        to.once('drain', () => {
-          this.waitingDrain = false;
-          this.resume(); // not if held: a drain must not undo a hold
-        });
+        // resume() checks the hold: a drain must not undo it.
+        to.once('drain', () => { this.waitingDrain = false; this.resume(); });
       }
     });
     from.on('end', () => to.end()); // half-close travels through
@@ -70,19 +65,14 @@ class Flow {
     if (!this.waitingDrain && !this.held()) this.from.resume();
   }
 
-  /** Pausing stops 'data' at once; a chunk already read was written synchronously in its handler. */
-  pause(): void {
-    this.from.pause();
-  }
+  /** Stops 'data' at once; a chunk already read was written synchronously in its handler. */
+  pause = (): void => void this.from.pause();
 
   flushed(): Promise<void> {
-    if (this.pending === 0 || this.to.destroyed) return Promise.resolve();
-    return new Promise((resolve) => this.idle.push(resolve));
+    return this.pending === 0 || this.to.destroyed ? Promise.resolve() : new Promise((resolve) => this.idle.push(resolve));
   }
 
-  private wake(): void {
-    for (const f of this.idle.splice(0)) f();
-  }
+  private wake = (): void => this.idle.splice(0).forEach((f) => f());
 }
 
 /** Pipes a↔b; any abnormal close (error, destroy before both ends finished) destroys the other side. */
@@ -115,10 +105,7 @@ function readLine(s: net.Socket): Promise<string | undefined> {
       const nl = buf.indexOf(10);
       if (nl < 0 && buf.length < MAX_LINE) return;
       s.pause(); // before dropping our listener: a flowing socket with no listener loses data
-      if (nl < 0 || nl >= MAX_LINE) {
-        s.destroy();
-        return done(undefined);
-      }
+      if (nl < 0 || nl >= MAX_LINE) { s.destroy(); return done(undefined); } // too long: drop, no reply
       if (nl + 1 < buf.length) s.unshift(buf.subarray(nl + 1));
       done(buf.subarray(0, nl).toString('utf8'));
     };
@@ -138,38 +125,39 @@ function tune(s: net.Socket): void {
 }
 
 function parseJson(line: string): Record<string, unknown> {
-  try {
-    const v: unknown = JSON.parse(line);
-    return v && typeof v === 'object' ? (v as Record<string, unknown>) : {};
-  } catch {
-    return {};
-  }
+  const v: unknown = (() => { try { return JSON.parse(line); } catch { return undefined; } })();
+  return v && typeof v === 'object' ? (v as Record<string, unknown>) : {};
 }
 
+/** Keeps `set` to the open sockets (close() destroys them) and each one's error for its close line. */
+function tracker(set: Set<net.Socket>): (s: net.Socket) => void {
+  return (s) => {
+    set.add(s);
+    s.on('error', (err) => errors.set(s, err)); // no unhandled 'error'
+    s.once('close', () => set.delete(s));
+  };
+}
 const errors = new WeakMap<net.Socket, Error>();
-const failure = (a: net.Socket, b: net.Socket) => {
-  const err = errors.get(a) ?? errors.get(b);
-  return err ? ` (${err.message})` : '';
-};
+const failure = (a: net.Socket, b: net.Socket) => ((e) => (e ? ` (${e.message})` : ''))(errors.get(a) ?? errors.get(b));
+const fail = (type: ErrorType, message: string, details?: unknown): never => { throw new FerryError(type, message, details); };
 const where = (t: TunnelTarget) => (t.kind === 'unix' ? t.path : `${t.host}:${t.port}`);
 
 /** Destination side: authenticates each TLS connection's hello and pipes it to `targets[channel]`. */
 export async function startTunnelServer(opts: {
   listenHost: string; port?: number; token: string; targets: Record<string, TunnelTarget>; log?: Log;
 }): Promise<TunnelServer> {
-  if (!opts.token) throw new FerryError(ErrorTypes.BadInput, 'the stream tunnel needs a non-empty token');
+  if (!opts.token) fail(ErrorTypes.BadInput, 'the stream tunnel needs a non-empty token');
   const log = opts.log ?? (() => {});
   const cert = await generateSelfSignedCert(opts.listenHost);
   const sockets = new Set<net.Socket>();
-  const track = (s: net.Socket) => {
-    sockets.add(s);
-    s.on('error', (err) => errors.set(s, err)); // reported by the close line; no unhandled 'error'
-    s.once('close', () => sockets.delete(s));
-  };
+  const track = tracker(sockets);
   let live = 0;
-  const server = tls.createServer({ key: cert.keyPem, cert: cert.certPem, minVersion: 'TLSv1.2', allowHalfOpen: true, noDelay: true });
+  // Half-open only once secure: set at creation, a client that drops mid-handshake would linger until the timeout.
+  const server = tls.createServer({ key: cert.keyPem, cert: cert.certPem, minVersion: 'TLSv1.2', handshakeTimeout: HANDSHAKE_TIMEOUT_MS, noDelay: true });
+  server.on('connection', track); // so close() also ends handshakes in progress
   server.on('tlsClientError', (err, s) => log(`tunnel: TLS handshake from ${s.remoteAddress} failed: ${err.message}`));
   server.on('secureConnection', (sock: tls.TLSSocket) => void (async () => {
+    sock.allowHalfOpen = true;
     track(sock);
     tune(sock);
     const peer = `${sock.remoteAddress}:${sock.remotePort}`;
@@ -184,15 +172,12 @@ export async function startTunnelServer(opts: {
     if (line === undefined) return log(`tunnel: dropped ${peer}: no valid hello line`);
     const hello = parseJson(line);
     if (typeof hello.token !== 'string' || !tokenMatches(hello.token, opts.token)) {
-      const err = new FerryError(ErrorTypes.AuthFailed, 'the tunnel token is wrong: this tunnel belongs to another migration');
-      return refuse(err.type, err.message);
+      return refuse(ErrorTypes.AuthFailed, 'the tunnel token is wrong: this tunnel belongs to another migration');
     }
     const channel = typeof hello.channel === 'string' ? hello.channel : '';
     const target = Object.hasOwn(opts.targets, channel) ? opts.targets[channel] : undefined;
     if (!target) return refuse(ErrorTypes.BadInput, `unknown tunnel channel ${JSON.stringify(channel)}`);
-    const t = target.kind === 'unix'
-      ? net.connect({ path: target.path, allowHalfOpen: true })
-      : net.connect({ host: target.host, port: target.port, allowHalfOpen: true, noDelay: true });
+    const t = net.connect({ ...(target.kind === 'unix' ? { path: target.path } : { host: target.host, port: target.port }), allowHalfOpen: true });
     track(t);
     let connected = false;
     t.once('error', (err) => { if (!connected) refuse(ErrorTypes.DriverError, `tunnel target ${where(target)} unreachable: ${err.message}`); });
@@ -211,9 +196,8 @@ export async function startTunnelServer(opts: {
     });
   })());
   await listen(server, { kind: 'tcp', host: opts.listenHost, port: opts.port ?? 0 }, 'tunnel server');
-  const port = (server.address() as net.AddressInfo).port;
   return {
-    endpoint: { host: opts.listenHost, port, token: opts.token, certPem: cert.certPem },
+    endpoint: { host: opts.listenHost, port: (server.address() as net.AddressInfo).port, token: opts.token, certPem: cert.certPem },
     connections: () => live,
     close: async () => {
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
@@ -226,22 +210,17 @@ export async function startTunnelServer(opts: {
 /** Source side: each connection accepted on a local listener becomes one tunnel connection for its channel. */
 export async function startTunnelClient(opts: {
   endpoint: TunnelEndpoint; listeners: Array<{ channel: string; listen: TunnelListen }>; log?: Log;
+  /** A local connection the tunnel could not carry (its local socket is closed): AuthFailed for a wrong token or certificate. */
+  onError?: (channel: string, err: FerryError) => void;
 }): Promise<TunnelClient> {
   const { endpoint: ep } = opts;
   const log = opts.log ?? (() => {});
   const channels = new Map<string, { held: boolean; doneBytes: number; flows: Set<Flow>; at?: TunnelListen }>();
   const servers: Array<{ server: net.Server; path?: string }> = [];
   const sockets = new Set<net.Socket>();
-  const track = (s: net.Socket) => {
-    sockets.add(s);
-    s.on('error', (err) => errors.set(s, err)); // reported by the close line; no unhandled 'error'
-    s.once('close', () => sockets.delete(s));
-  };
-  const need = (channel: string) => {
-    const ch = channels.get(channel);
-    if (!ch) throw new FerryError(ErrorTypes.BadInput, `no tunnel listener for channel ${JSON.stringify(channel)}`);
-    return ch;
-  };
+  const track = tracker(sockets);
+  const need = (channel: string) =>
+    channels.get(channel) ?? fail(ErrorTypes.BadInput, `no tunnel listener for channel ${JSON.stringify(channel)}`);
 
   const accept = (channel: string, local: net.Socket) => {
     const ch = need(channel);
@@ -252,13 +231,22 @@ export async function startTunnelClient(opts: {
     const remote = tls.connect(tlsOpts);
     track(remote);
     let spliced = false;
-    const abort = (why: string) => {
-      log(`tunnel ${channel}: connection to ${ep.host}:${ep.port} failed: ${why}`);
+    const abort = (why: string, type: ErrorType = ErrorTypes.DriverError) => {
+      clearTimeout(timer);
+      if (!local.destroyed) {
+        const err = new FerryError(type, `tunnel ${channel}: connection to ${ep.host}:${ep.port} failed: ${why}`);
+        log(`${err.message} (${type})`);
+        opts.onError?.(channel, err);
+      }
       local.destroy();
       remote.destroy();
     };
     const timer = setTimeout(() => abort('handshake timed out'), HANDSHAKE_TIMEOUT_MS);
-    remote.once('error', (err) => { if (!spliced) abort(err.message); });
+    // A certificate that is not the pinned one is an authentication failure, not a network one.
+    remote.once('error', (err: NodeJS.ErrnoException) => {
+      const badCert = /CERT|SIGN|ISSUER/.test(err.code ?? '') || /pinned/.test(err.message);
+      if (!spliced) abort(err.message, badCert ? ErrorTypes.AuthFailed : ErrorTypes.DriverError);
+    });
     local.once('close', () => { if (!spliced) remote.destroy(); });
     remote.once('secureConnect', async () => {
       tune(remote);
@@ -267,7 +255,8 @@ export async function startTunnelClient(opts: {
       clearTimeout(timer);
       if (line === undefined) return abort('the tunnel server closed the connection');
       const reply = parseJson(line);
-      if (reply.ok !== true) return abort(`refused: ${typeof reply.error === 'string' ? reply.error : line} (${String(reply.type ?? 'no type')})`);
+      const type = Object.values(ErrorTypes).find((t) => t === reply.type) ?? ErrorTypes.DriverError;
+      if (reply.ok !== true) return abort(`refused: ${typeof reply.error === 'string' ? reply.error : line}`, type);
       if (local.destroyed) return remote.destroy();
       spliced = true;
       log(`tunnel ${channel}: open → ${ep.host}:${ep.port}`);
@@ -284,18 +273,15 @@ export async function startTunnelClient(opts: {
     async hold(channel) {
       const ch = need(channel);
       ch.held = true;
-      for (const f of ch.flows) f.pause();
+      ch.flows.forEach((f) => f.pause());
       await Promise.all([...ch.flows].map((f) => f.flushed()));
     },
     release(channel) {
       const ch = need(channel);
       ch.held = false;
-      for (const f of ch.flows) f.resume();
+      ch.flows.forEach((f) => f.resume());
     },
-    bytesSent(channel) {
-      const ch = need(channel);
-      return [...ch.flows].reduce((n, f) => n + f.bytes, ch.doneBytes);
-    },
+    bytesSent: (channel) => [...need(channel).flows].reduce((n, f) => n + f.bytes, need(channel).doneBytes),
     listenAddress: (channel) => need(channel).at!,
     async close() {
       const closed = servers.map(({ server }) => new Promise<void>((resolve) => server.close(() => resolve())));
@@ -307,7 +293,7 @@ export async function startTunnelClient(opts: {
 
   try {
     for (const { channel, listen: where } of opts.listeners) {
-      if (channels.has(channel)) throw new FerryError(ErrorTypes.BadInput, `tunnel channel ${JSON.stringify(channel)} is listed twice`);
+      if (channels.has(channel)) fail(ErrorTypes.BadInput, `tunnel channel ${JSON.stringify(channel)} is listed twice`);
       channels.set(channel, { held: false, doneBytes: 0, flows: new Set() });
       const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true }, (s) => accept(channel, s));
       if (where.kind === 'unix') await removeStaleSocket(where.path);
@@ -340,17 +326,13 @@ async function listen(server: net.Server, at: TunnelListen, what: string): Promi
 
 /** A socket file left by a dead process blocks listen(): remove it, but never a live socket or a non-socket file. */
 async function removeStaleSocket(path: string): Promise<void> {
-  const st = await lstat(path).catch((err: NodeJS.ErrnoException) => {
-    if (err.code === 'ENOENT') return undefined;
-    throw err;
-  });
+  const st = await lstat(path).catch((err: NodeJS.ErrnoException) => { if (err.code !== 'ENOENT') throw err; });
   if (!st) return;
-  if (!st.isSocket()) throw new FerryError(ErrorTypes.BadInput, `${path} exists and is not a socket; not removing it`);
+  if (!st.isSocket()) fail(ErrorTypes.BadInput, `${path} exists and is not a socket; not removing it`);
   const alive = await new Promise<boolean>((resolve) => {
-    const probe = net.connect({ path });
-    probe.once('connect', () => { probe.destroy(); resolve(true); });
-    probe.once('error', () => resolve(false));
+    const probe = net.connect({ path }, () => resolve(true)).once('error', () => resolve(false));
+    probe.once('connect', () => probe.destroy());
   });
-  if (alive) throw new FerryError(ErrorTypes.DriverError, `${path} is in use by a live listener`, { code: 'EADDRINUSE' });
+  if (alive) fail(ErrorTypes.DriverError, `${path} is in use by a live listener`, { code: 'EADDRINUSE' });
   await rm(path, { force: true });
 }

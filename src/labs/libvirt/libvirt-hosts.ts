@@ -111,7 +111,9 @@ export async function startLibvirtHosts(labDir: string, nodes: LabNode[], log: (
     host,
     /** Runs a command on a host: its network and mounts, as a shell on that machine would. */
     spawnOn(name: string, cmd: string, args: readonly string[], o: SpawnOptions = {}): ChildProcess {
-      return spawn('nsenter', ['--target', String(host(name).pid), '--mount', '--net', '--', cmd, ...args], o);
+      // --wd: entering a mount namespace starts in its root; tsx and relative paths need ours.
+      const wd = typeof o.cwd === 'string' ? o.cwd : process.cwd();
+      return spawn('nsenter', ['--target', String(host(name).pid), '--mount', '--net', `--wd=${wd}`, '--', cmd, ...args], o);
     },
     async execOn(name: string, cmd: string, args: readonly string[]): Promise<string> {
       return runToEnd(this.spawnOn(name, cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] }), `${cmd} on ${name}`);

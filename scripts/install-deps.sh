@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PKGS=(qemu-system-x86 qemu-utils libnbd-bin busybox-static iproute2 cpio kmod e2fsprogs openssl ca-certificates debootstrap openssh-server procps chromium)
+PKGS=(qemu-system-x86 qemu-utils libnbd-bin busybox-static iproute2 cpio kmod e2fsprogs openssl ca-certificates debootstrap openssh-server procps chromium libvirt-daemon-system libvirt-clients util-linux)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -165,7 +165,7 @@ describe("libvirt end to end: an operator's domain (virsh define, a raw and a qc
     expect(m.code, m.stderr).toBe(0);
     const r = JSON.parse(m.stdout.trim().split('\n').pop()!) as MigrationResult;
     Object.assign(timings, { migrateMs: Date.now() - t0, workflowMs: r.totalMs, downtimeMs: r.downtimeMs, clientGapMs: probe.longestGapMs });
-    console.log('libvirt migration result', JSON.stringify({ ...r, timeline: undefined }), JSON.stringify(probe));
+    console.log('libvirt migration result', JSON.stringify({ ...r, timeline: r.timeline.filter((e) => e.detail) }), JSON.stringify(probe));
 
     expect(r.outcome).toBe('migrated');
     expect(r.disksIdentical, 'SHA-256 of each disk on both hosts, source paused, destination not yet running').toEqual({ vda: true, vdb: true });

@@ -90,6 +90,8 @@ interface Inflight {
   tunnel: TunnelClient;
   startedAt: number;
   pausedAt?: number;
+  /** Memory QEMU still had to send when the source paused. */
+  remainingAtPause?: number;
   transferred: number;
 }
 
@@ -154,6 +156,7 @@ export async function migrateUntilPaused(virsh: Virsh, domain: string, memoryUri
     await m.tunnel.hold('memory');
     await virsh.run(['suspend', '--domain', domain]);
     m.pausedAt = Date.now();
+    m.remainingAtPause = remaining;
     o.log?.(`libvirt: ${domain} paused with ${remaining} bytes of memory left, stream held`);
     return;
   }
@@ -191,15 +194,30 @@ async function start(virsh: Virsh, domain: string, plan: MemoryPlan, o: SourceMi
 }
 
 /** Lets libvirt finish: the held stream flows, the destination ends paused. */
-export async function releaseAndFinish(domain: string): Promise<{ totalMs: number; downtimeMs?: number; transferredBytes: number }> {
+export async function releaseAndFinish(virsh: Virsh, domain: string): Promise<{ totalMs: number; downtimeMs?: number; transferredBytes: number; note: string }> {
   const m = inflight.get(domain);
   if (!m) throw memoryError(`no migration of ${domain} is in flight in this worker (it restarted?); the source resumes when libvirt notices the broken stream`);
+  const releasedAt = Date.now();
   m.tunnel.release('memory');
+  // When the source QEMU has sent everything (the rest is libvirt's own bookkeeping): for the note.
+  let sentAt: number | undefined;
+  const qmp = virsh.qmp(domain);
+  const watch = (async () => {
+    while (sentAt === undefined && m.child.exitCode === null) {
+      const info = await qmp.execute<MigrationInfo>('query-migrate').catch(() => null);
+      if (!info || info.status === 'completed') sentAt = Date.now();
+      else await sleep(50);
+    }
+  })();
   const done = await m.exit;
+  const finishedAt = Date.now();
+  await watch;
   inflight.delete(domain);
   await m.tunnel.close();
   if (done.code !== 0) throw memoryError(`switchover of ${domain} failed: ${cleanError(done.stderr)}`);
-  return { totalMs: Date.now() - m.startedAt, downtimeMs: m.pausedAt ? Date.now() - m.pausedAt : undefined, transferredBytes: m.transferred };
+  const held = m.pausedAt ? releasedAt - m.pausedAt : 0;
+  const note = `libvirt: source paused with ${m.remainingAtPause ?? 0} bytes of memory left; stream held ${held} ms (final disk round); QEMU sent the rest in ${(sentAt ?? finishedAt) - releasedAt} ms; libvirt finished ${finishedAt - releasedAt} ms after the release`;
+  return { totalMs: finishedAt - m.startedAt, downtimeMs: m.pausedAt ? finishedAt - m.pausedAt : undefined, transferredBytes: m.transferred, note };
 }
 
 /** Aborts the migration if one runs (ours or one a dead worker left); the caller resumes the source. */

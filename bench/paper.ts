@@ -14,6 +14,9 @@ import { shapeMigrationLink } from '../src/labs/lab-network.js';
 import { linkViolation, runOnce, type Method, type RunRecord, type RunSettings } from './lib/paper-runs.js';
 import { PAPER, ratios, representative, summarize, throughputSeries } from './lib/paper-report.js';
 import { renderFigure } from './lib/paper-plot.js';
+import { startLibvirtLab, type LibvirtLab } from '../src/labs/libvirt/libvirt-lab.js';
+import { runLibvirtOnce } from './lib/libvirt-runs.js';
+import { pickAccelerator } from '../src/drivers/qemu/accelerator.js';
 
 const MiB = 1024 * 1024;
 
@@ -35,11 +38,13 @@ const opts = new Command('bench-paper')
   .option('--rate <records/s>', 'guest disk writes: 4 KiB records per second', intIn(0, 1000), 10)
   .option('--content <dir>', 'directory the ext4 disk is built from (default: /usr/share, or /usr/lib/python3.11 below 1 GiB)')
   .option('--methods <list>', 'comma-separated: ferry,baseline', 'ferry,baseline')
+  .option('--sections <list>', 'comma-separated: qemu (Ferry beside the QEMU-native baseline), libvirt (Ferry\'s libvirt driver beside virsh migrate --copy-storage-all)', 'qemu,libvirt')
+  .option('--libvirt-disk <MiB>', 'guest disk size in the libvirt section', intIn(128, 16384), 512)
   .option('--dir <path>', 'lab directory', '/var/tmp/ferry-bench')
   .option('--replot', 'only redraw the figures from bench/results/paper.json')
   .option('--temporal-port <port>', 'Temporal dev server port', intIn(1024, 65535), 7253)
   .parse(process.argv)
-  .opts<{ replot?: boolean; json?: boolean; runs: number; disk: number; memory: number; link: number; rate: number; content?: string; methods: string; dir: string; temporalPort: number }>();
+  .opts<{ replot?: boolean; json?: boolean; runs: number; disk: number; memory: number; link: number; rate: number; content?: string; methods: string; sections: string; libvirtDisk: number; dir: string; temporalPort: number }>();
 
 const say = (s: string) => process.stderr.write(`[bench] ${s}\n`);
 
@@ -48,7 +53,10 @@ for (const m of methods) if (m !== 'ferry' && m !== 'baseline') { say(`unknown m
 const contentDir = opts.content ?? (opts.disk >= 1024 ? '/usr/share' : '/usr/lib/python3.11');
 if (!existsSync(contentDir)) { say(`content directory ${contentDir} does not exist`); process.exit(2); }
 
-let lab: Lab | undefined;
+const sections = opts.sections.split(',').map((x) => x.trim()).filter(Boolean);
+for (const x of sections) if (x !== 'qemu' && x !== 'libvirt') { say(`unknown section ${JSON.stringify(x)}: use qemu and/or libvirt`); process.exit(2); }
+
+let lab: Lab | LibvirtLab | undefined;
 let cleaning: Promise<void> | undefined;
 function cleanup(): Promise<void> {
   cleaning ??= (async () => {
@@ -61,25 +69,59 @@ for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => void c
 
 async function main(): Promise<number> {
   const t0 = Date.now();
+  const runs: RunRecord[] = [];
+  if (sections.includes('qemu')) await qemuSection(runs);
+  if (sections.includes('libvirt')) await libvirtSection(runs);
+  return report(runs, t0);
+}
+
+async function qemuSection(runs: RunRecord[]): Promise<void> {
   lab = await startQemuLab({ dir: opts.dir, linkMbit: opts.link, temporalPort: opts.temporalPort, log: (l) => say(`lab: ${l}`) });
   await lab.startWorkers();
   const settings: RunSettings = { diskMiB: opts.disk, memoryMiB: opts.memory, rate: opts.rate, contentDir, probeMs: 150, marginS: 5, linkMbit: opts.link, log: say };
-  const runs: RunRecord[] = [];
   // Alternate the methods so drift on a shared machine hits both alike.
   for (let i = 1; i <= opts.runs; i++) {
     for (const m of methods as Method[]) {
-      const r = await runOnce(lab, m, i, settings, runs.length === 0);
+      const r = await runOnce(lab as Lab, m, i, settings, !runs.some((x) => x.content));
       runs.push(r);
-      say(`${r.instanceId}: ${r.ok ? `total ${(r.totalMs / 1000).toFixed(1)} s, paused ${r.downtimeMs} ms, client gap ${r.clientGapMs} ms, ${(r.bytesOnWire.total / MiB).toFixed(1)} MiB on the wire` : `failed: ${r.error}`}`);
+      sayRun(r);
     }
   }
+  // One lab at a time on this machine: the libvirt section uses the same namespaces.
+  await cleanup();
+  cleaning = undefined;
+  lab = undefined;
+}
+
+function sayRun(r: RunRecord): void {
+  say(`${r.instanceId}: ${r.ok ? `total ${(r.totalMs / 1000).toFixed(1)} s, paused ${r.downtimeMs} ms, client gap ${r.clientGapMs} ms, ${(r.bytesOnWire.total / MiB).toFixed(1)} MiB on the wire` : `failed: ${r.error}`}`);
+}
+
+const libvirtContent = existsSync('/usr/lib/python3.11') ? '/usr/lib/python3.11' : contentDir;
+
+/** Ferry's libvirt driver beside `virsh migrate --live --copy-storage-all`: same guest, link and workload. */
+async function libvirtSection(runs: RunRecord[]): Promise<void> {
+  const l = await startLibvirtLab({ dir: `${opts.dir}-libvirt`, linkMbit: opts.link, temporalPort: opts.temporalPort, log: (x) => say(`lab: ${x}`) });
+  lab = l;
+  await l.startWorkers();
+  const settings: RunSettings = { diskMiB: opts.libvirtDisk, memoryMiB: opts.memory, rate: opts.rate, contentDir: libvirtContent, probeMs: 150, marginS: 5, linkMbit: opts.link, log: say };
+  for (let i = 1; i <= opts.runs; i++) {
+    for (const m of ['ferry-libvirt', 'virsh'] as const) {
+      const r = await runLibvirtOnce(l, m, i, settings);
+      runs.push(r);
+      sayRun(r);
+    }
+  }
+}
+
+async function report(runs: RunRecord[], t0: number): Promise<number> {
   const content = runs.find((r) => r.content)?.content;
   const ferry = summarize('ferry', runs);
   const baseline = summarize('baseline', runs);
   const report = {
     bench: 'paper',
     date: new Date().toISOString(),
-    machine: { cpus: cpus().length, node: process.version, accel: 'tcg' },
+    machine: { cpus: cpus().length, node: process.version, accel: await pickAccelerator() },
     setup: {
       diskBytes: opts.disk * MiB,
       memoryMiB: opts.memory,
@@ -103,6 +145,7 @@ async function main(): Promise<number> {
     ferry,
     baseline,
     ratios: ratios(ferry, baseline),
+    libvirt: sections.includes('libvirt') ? libvirtReport(runs) : undefined,
     runs: runs.map((r) => ({ ...r, throughput: throughputSeries(r) })),
     benchMs: Date.now() - t0,
   };
@@ -110,9 +153,10 @@ async function main(): Promise<number> {
   const out = new URL('./results/', import.meta.url);
   await mkdir(out, { recursive: true });
   await writeFile(new URL('paper.json', out), `${JSON.stringify(report, null, 1)}\n`);
-  await writeFigures(runs, `${opts.memory} MiB guest, ${opts.disk} MiB disk (${contentDir}), ${opts.link} Mbit/s link, QEMU TCG; median run of ${opts.runs}`);
+  if (sections.includes('qemu')) await writeFigures(runs, `${opts.memory} MiB guest, ${opts.disk} MiB disk (${contentDir}), ${opts.link} Mbit/s link, QEMU TCG; median run of ${opts.runs}`);
 
   const s = (ms: number) => (Number.isFinite(ms) ? (ms / 1000).toFixed(2) : '-');
+  // Every run, both sections.
   console.table(
     runs.map((r) => ({
       run: r.instanceId, ok: r.ok, 'total s': s(r.totalMs), 'paused s': s(r.downtimeMs), 'qemu downtime ms': r.qemuDowntimeMs ?? '-',
@@ -120,18 +164,50 @@ async function main(): Promise<number> {
       'memory MiB': +(r.memoryBytes / MiB).toFixed(1),
     })),
   );
-  console.table(
-    Object.fromEntries(
-      ([['ferry', ferry], ['baseline', baseline]] as const).map(([k, v]) => [k, { 'total s': s(v.totalMs), 'paused s': s(v.downtimeMs), 'client gap s': s(v.clientGapMs), 'wire MiB': +(v.bytesOnWire / MiB).toFixed(1), 'link Mbit/s busy': v.linkMbitWhileBusy, 'cpu busy': v.cpuBusyDuring }]),
-    ),
-  );
-  console.log('paper: total 280 s, downtime 5 s; ratios:', JSON.stringify(report.ratios));
+  if (sections.includes('qemu')) {
+    console.table(
+      Object.fromEntries(
+        ([['ferry', ferry], ['baseline', baseline]] as const).map(([k, v]) => [k, { 'total s': s(v.totalMs), 'paused s': s(v.downtimeMs), 'client gap s': s(v.clientGapMs), 'wire MiB': +(v.bytesOnWire / MiB).toFixed(1), 'link Mbit/s busy': v.linkMbitWhileBusy, 'cpu busy': v.cpuBusyDuring }]),
+      ),
+    );
+    console.log('paper: total 280 s, downtime 5 s; ratios:', JSON.stringify(report.ratios));
+  }
+  if (report.libvirt) {
+    const lv = report.libvirt;
+    console.table({ 'ferry (libvirt driver)': lv.ferry, 'virsh --copy-storage-all': lv.virsh }, ['runs', 'totalMs', 'downtimeMs', 'clientGapMs', 'bytesOnWire']);
+    console.log('libvirt section, ferry / virsh:', JSON.stringify(lv.ferryOverVirsh));
+  }
   if (content) console.log(`disk: ${(content.zeroFraction * 100).toFixed(1)}% zero, LZO ratio ${content.lzoRatioNonZero} on the rest (${content.lzoRatioWholeDisk} whole disk)`);
   if (opts.json) {
     const { runs: _runs, ...summary } = report;
     console.log(JSON.stringify(summary));
   }
   return runs.every((r) => r.ok) ? 0 : 1;
+}
+
+/** The libvirt section: medians per method and Ferry's ratios to `virsh migrate --copy-storage-all`. */
+function libvirtReport(runs: RunRecord[]) {
+  const ferry = summarize('ferry-libvirt', runs);
+  const virsh = summarize('virsh', runs);
+  const ratio = (a: number, b: number) => (b > 0 && Number.isFinite(a) ? +(a / b).toFixed(3) : null);
+  return {
+    setup: {
+      diskBytes: opts.libvirtDisk * MiB,
+      disk: `one raw virtio disk, ext4 built with mkfs.ext4 -d ${libvirtContent} (smaller than the QEMU section's: libvirt's copy is slow under TCG)`,
+      guest: 'defined by virsh from a plain domain XML (src/labs/libvirt/lab-domain.ts), started by virsh',
+      ferryOptions: 'defaults (LZO, TLS disk streams, memory through Ferry\'s TLS tunnel); the domain imported by ferry node sync',
+      virshOptions: 'virsh migrate --live --copy-storage-all --persistent --undefinesource, plain TCP memory and NBD streams (libvirt\'s defaults), destination disk pre-created',
+      downtime: 'Ferry: source paused to destination running (final disk round, switchover, resume); virsh: libvirt\'s Total downtime from domjobinfo --completed',
+    },
+    ferry,
+    virsh,
+    ferryOverVirsh: {
+      totalMs: ratio(ferry.totalMs, virsh.totalMs),
+      downtimeMs: ratio(ferry.downtimeMs, virsh.downtimeMs),
+      clientGapMs: ratio(ferry.clientGapMs, virsh.clientGapMs),
+      bytesOnWire: ratio(ferry.bytesOnWire, virsh.bytesOnWire),
+    },
+  };
 }
 
 const RESULTS = new URL('./results/', import.meta.url);

@@ -64,7 +64,8 @@ export function summarize(method: Method, all: RunRecord[]) {
     clientGapMs: Math.round(median(runs.map((r) => r.clientGapMs))),
     bytesOnWire: Math.round(median(runs.map((r) => r.bytesOnWire.total))),
     bytesOnWireAtoB: Math.round(median(runs.map((r) => r.bytesOnWire.aToB))),
-    ...(method === 'ferry' ? { diskWireBytes: Math.round(median(runs.map((r) => r.diskWireBytes ?? NaN))), rounds: median(runs.map((r) => r.rounds ?? NaN)) } : {}),
+    ...(method === 'ferry' || method === 'ferry-libvirt' ? { pause: medianPause(runs) } : {}),
+    ...(method === 'ferry' || method === 'ferry-libvirt' ? { diskWireBytes: Math.round(median(runs.map((r) => r.diskWireBytes ?? NaN))), rounds: median(runs.map((r) => r.rounds ?? NaN)) } : {}),
     memoryBytes: Math.round(median(runs.map((r) => r.memoryBytes))),
     phases: medianPhases(runs),
     requestsPerSecond: { before: +beforeRps.toFixed(2), during: +duringRps.toFixed(2) },
@@ -72,8 +73,14 @@ export function summarize(method: Method, all: RunRecord[]) {
     /** Median link rate while bytes flowed (seconds above 1 Mbit/s), node-a -> node-b. */
     linkMbitWhileBusy: +median(runs.flatMap((r) => r.link.filter((l) => l.t >= 0 && l.t <= r.totalMs && l.mbit > 1).map((l) => l.mbit))).toFixed(1),
     cpuBusyDuring: +median(runs.flatMap((r) => r.link.filter((l) => l.t >= 0 && l.t <= r.totalMs).map((l) => l.cpuBusy))).toFixed(2),
-    ...(method === 'ferry' ? { diskIdentical: runs.every((r) => r.diskIdentical !== false) } : {}),
+    ...(method === 'ferry' || method === 'ferry-libvirt' ? { diskIdentical: runs.every((r) => r.diskIdentical !== false) } : {}),
   };
+}
+
+/** Median of each part of Ferry's pause across runs. */
+function medianPause(runs: RunRecord[]) {
+  const part = (k: 'finalSyncMs' | 'switchoverMs' | 'resumeMs' | 'totalMs') => Math.round(median(runs.map((r) => r.pause?.[k] ?? NaN)));
+  return { finalSyncMs: part('finalSyncMs'), switchoverMs: part('switchoverMs'), resumeMs: part('resumeMs'), totalMs: part('totalMs') };
 }
 
 export type MethodSummary = ReturnType<typeof summarize>;

@@ -8,7 +8,7 @@ import { labNodes, shapeMigrationLink } from '../../src/labs/lab-network.js';
 import { startProber, stat, type ProbeSample } from '../../src/labs/guest-client.js';
 import { CONTROL_TASK_QUEUE, MIGRATE_WORKFLOW_TYPE, migrationWorkflowId } from '../../src/shared/names.js';
 import { SA_DESTINATION, SA_INSTANCE } from '../../src/shared/search-attributes.js';
-import type { MigrationResult } from '../../src/shared/messages.js';
+import type { MigrationResult, PauseParts } from '../../src/shared/messages.js';
 import type { InstanceSpec } from '../../src/shared/instance.js';
 import { migrateNative } from '../../src/drivers/qemu/native-migration.js';
 import { createQemuDriver } from '../../src/drivers/qemu/qemu-driver.js';
@@ -16,7 +16,8 @@ import { instancePaths, stopQemu } from '../../src/drivers/qemu/qemu-process.js'
 import { readLinkCounters, startLinkSampler, type LinkSample } from './paper-link.js';
 import { measureDiskContent, type DiskContent } from './paper-content.js';
 
-export type Method = 'ferry' | 'baseline';
+/** QEMU section: Ferry and the QEMU-native baseline; libvirt section: Ferry's libvirt driver and `virsh migrate --copy-storage-all`. */
+export type Method = 'ferry' | 'baseline' | 'ferry-libvirt' | 'virsh';
 
 export interface RunSettings {
   diskMiB: number;
@@ -60,6 +61,8 @@ export interface RunRecord {
   memoryBytes: number;
   rounds?: number;
   diskIdentical?: boolean;
+  /** Ferry's pause in parts (final disk round, memory switchover, destination start). */
+  pause?: PauseParts;
   phases: PhaseSpan[];
   requests: { sent: number; answered: number };
   /** Client samples, `t` ms relative to the migration's start, `ms` null when unanswered. */
@@ -73,7 +76,7 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const A = labNodes['node-a'];
 const B = labNodes['node-b'];
 
-async function waitForGuest(host: string, port: number): Promise<void> {
+export async function waitForGuest(host: string, port: number): Promise<void> {
   for (let i = 0; ; i++) {
     try {
       await stat(host, port);
@@ -85,7 +88,7 @@ async function waitForGuest(host: string, port: number): Promise<void> {
   }
 }
 
-function linkSeries(samples: LinkSample[], t0: number): RunRecord['link'] {
+export function linkSeries(samples: LinkSample[], t0: number): RunRecord['link'] {
   const out: RunRecord['link'] = [];
   for (let i = 1; i < samples.length; i++) {
     const a = samples[i - 1]!;
@@ -206,6 +209,7 @@ async function migrateWithFerry(lab: Lab, spec: InstanceSpec, rec: RunRecord, t0
   rec.memoryBytes = r.memoryBytes;
   rec.rounds = r.rounds;
   rec.diskIdentical = r.diskIdentical;
+  rec.pause = r.pause;
   rec.phases = spansFromTimeline(r.timeline, t0, r.timeline.at(-1)?.at ?? endAt);
   return endAt;
 }

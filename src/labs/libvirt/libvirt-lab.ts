@@ -104,7 +104,8 @@ export async function startLibvirtLab(opts: LabOptions = {}) {
       if (base.inventory.findInstance(id)) base.inventory.removeInstance(id);
     },
 
-    async close() {
+    /** Stops everything; the domains go with their libvirtds (there is nothing to keep). */
+    async close(_o: { killGuests?: boolean } = {}) {
       await base.close({ killGuests: false });
       await hosts.close();
     },

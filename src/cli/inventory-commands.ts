@@ -1,5 +1,6 @@
 // `ferry node ...` and `ferry instance ...`: the inventory, read and written on the controller's
 // host (the SQLite file in the config). Migrations themselves only change it through the workflow.
+import { HYPERVISOR_KINDS, type HypervisorKind } from '../shared/instance.js';
 import type { Command } from 'commander';
 import { openInventory, type Inventory } from '../inventory/index.js';
 import { parseSize } from '../config/index.js';
@@ -28,7 +29,7 @@ export function addInventoryCommands(program: Command, ctx: CliContext, run: Run
     .command('add')
     .description('register a host')
     .argument('<name>', 'node name (its worker serves queue ferry-node-<name>)')
-    .requiredOption('--hypervisor <kind>', 'qemu or xen')
+    .requiredOption('--hypervisor <kind>', HYPERVISOR_KINDS.join(', '))
     .requiredOption('--data-address <addr>', 'address of the migration network (disk and memory streams)')
     .option('--control-address <addr>', 'management address (default: the data address)')
     .requiredOption('--vcpus <n>', 'vCPU capacity')
@@ -40,7 +41,7 @@ export function addInventoryCommands(program: Command, ctx: CliContext, run: Run
         const rec = await withInventory((inv) =>
           inv.addNode({
             name,
-            hypervisor: f.hypervisor as 'qemu' | 'xen',
+            hypervisor: f.hypervisor as HypervisorKind,
             dataAddress: String(f.dataAddress),
             controlAddress: String(f.controlAddress ?? f.dataAddress),
             capacity: {

@@ -152,7 +152,9 @@ async function report(runs: RunRecord[], t0: number): Promise<number> {
 
   const out = new URL('./results/', import.meta.url);
   await mkdir(out, { recursive: true });
-  await writeFile(new URL('paper.json', out), `${JSON.stringify(report, null, 1)}\n`);
+  // A run of one section keeps its own file: the full run's paper.json (and its figures) stay.
+  const file = sections.includes('qemu') && sections.includes('libvirt') ? 'paper.json' : `paper.${sections.join('-')}.json`;
+  await writeFile(new URL(file, out), `${JSON.stringify(report, null, 1)}\n`);
   if (sections.includes('qemu')) await writeFigures(runs, `${opts.memory} MiB guest, ${opts.disk} MiB disk (${contentDir}), ${opts.link} Mbit/s link, QEMU TCG; median run of ${opts.runs}`);
 
   const s = (ms: number) => (Number.isFinite(ms) ? (ms / 1000).toFixed(2) : '-');

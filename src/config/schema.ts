@@ -38,6 +38,9 @@ const inventorySchema = z.strictObject({
   path: pathString.default('/var/lib/ferry/inventory.db'),
 });
 
+const absolute = pathString.refine((p) => p.startsWith('/'), 'must be absolute');
+const pathMapSchema = z.array(z.strictObject({ from: absolute, to: absolute }));
+
 // A Xen node's worker drives its dom0 through `xl` and `dmsetup`: locally when the worker runs in
 // dom0, over SSH (host key pinned in a known_hosts file) when it runs elsewhere.
 const xenSchema = z.strictObject({
@@ -50,9 +53,7 @@ const xenSchema = z.strictObject({
   /** Volume group for incoming guests' LV disks; default: the VG name the disk has on its source. */
   volumeGroup: z.string().regex(/^[A-Za-z0-9+_.][A-Za-z0-9+_.-]{0,126}$/, 'must be an LVM volume group name').optional(),
   /** Where incoming guests' file disks go: prefix rewrites, first match wins; default: the same path. */
-  pathMap: z
-    .array(z.strictObject({ from: pathString.refine((p) => p.startsWith('/'), 'must be absolute'), to: pathString.refine((p) => p.startsWith('/'), 'must be absolute') }))
-    .optional(),
+  pathMap: pathMapSchema.optional(),
   ssh: z
     .strictObject({
       host: address,
@@ -68,6 +69,8 @@ const xenSchema = z.strictObject({
 const libvirtSchema = z.strictObject({
   /** libvirtd's socket; modular daemons use /run/libvirt/virtqemud-sock. */
   socket: pathString.default('/run/libvirt/libvirt-sock'),
+  /** Where incoming guests' disks go: prefix rewrites, first match wins; default: the same path. */
+  pathMap: pathMapSchema.optional(),
 });
 
 // Only node workers have this section; `loadConfig({ nodeName })` lets `--node NAME` fill in

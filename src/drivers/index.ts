@@ -37,7 +37,7 @@ export async function createDriver(cfg: FerryConfig): Promise<HypervisorDriver> 
     }
     case 'libvirt': {
       const { createLibvirtDriver } = await import('./libvirt/libvirt-driver.js');
-      const driver = createLibvirtDriver({ stateDir: `${node.stateDir}/libvirt`, socket: node.libvirt?.socket });
+      const driver = createLibvirtDriver({ stateDir: `${node.stateDir}/libvirt`, socket: node.libvirt?.socket, pathMap: node.libvirt?.pathMap });
       // Fail at start when libvirtd is not there, not at the first migration.
       await driver.virsh.run(['version']);
       return driver;

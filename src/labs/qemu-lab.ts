@@ -34,6 +34,8 @@ export interface LabOptions {
   hypervisor?: 'qemu' | 'libvirt';
   /** How a node's worker is started (default: inside the node's network namespace). */
   launchOnNode?: (node: string) => Launch;
+  /** A node's own `node:` config section (e.g. its libvirt pathMap), in a config file of its own. */
+  nodeSettings?: Record<string, Record<string, unknown>>;
 }
 
 export interface GuestOptions {
@@ -84,16 +86,16 @@ export async function startQemuLab(opts: LabOptions = {}) {
   const inventoryPath = join(dir, 'inventory.db');
   for (const f of ['', '-wal', '-shm']) await rm(inventoryPath + f, { force: true });
   const configPath = join(dir, 'ferry.yaml');
-  await writeFile(
-    configPath,
-    stringify({
-      temporal: { address: workerTemporalAddress, namespace: 'default' },
-      inventory: { path: inventoryPath },
-      // Not the built-in 8: a run shows it took the controller's config defaults (a UI start too).
-      defaults: { maxRounds: LAB_MAX_ROUNDS },
-      log: { level: 'info' },
-    }),
-  );
+  const baseConfig = {
+    temporal: { address: workerTemporalAddress, namespace: 'default' },
+    inventory: { path: inventoryPath },
+    // Not the built-in 8: a run shows it took the controller's config defaults (a UI start too).
+    defaults: { maxRounds: LAB_MAX_ROUNDS },
+    log: { level: 'info' },
+  };
+  await writeFile(configPath, stringify(baseConfig));
+  const nodeConfigPath = (node: string) => (opts.nodeSettings?.[node] ? join(dir, `ferry-${node}.yaml`) : configPath);
+  for (const [node, settings] of Object.entries(opts.nodeSettings ?? {})) await writeFile(nodeConfigPath(node), stringify({ ...baseConfig, node: settings }));
   const inventory: Inventory = openInventory(inventoryPath);
   for (const n of labNodes) {
     if (!inventory.findNode(n.name)) {
@@ -134,7 +136,7 @@ export async function startQemuLab(opts: LabOptions = {}) {
         name,
         ['worker', '--node', name],
         {
-          FERRY_CONFIG: configPath,
+          FERRY_CONFIG: nodeConfigPath(name),
           FERRY_NODE: name,
           FERRY_DATA_ADDRESS: n.dataAddress,
           FERRY_STATE_DIR: nodeStateDir(name),

@@ -12,7 +12,7 @@ import { randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { startLibvirtLab, type LibvirtLab } from '../../src/labs/libvirt/libvirt-lab.js';
+import { LAB_IMAGE_DIR, LAB_MAPPED_DIR, startLibvirtLab, type LibvirtLab } from '../../src/labs/libvirt/libvirt-lab.js';
 import { labDomainDiskPath, labRecbaseMiB, operatorDomainXml, type LabDomainDisk } from '../../src/labs/libvirt/lab-domain.js';
 import { pickAccelerator } from '../../src/drivers/qemu/accelerator.js';
 import { startProber, stat, quiesce, type GuestStat } from '../../src/labs/guest-client.js';
@@ -79,11 +79,15 @@ async function ferryTracesInQemu(node: string): Promise<string[]> {
 
 /** Records on each disk of the guest on `node` (qcow2 read through qemu-img, shared with the running guest). */
 async function recordsOn(node: string): Promise<Record<string, Set<number>>> {
+  return recordsOnPaths(node, DISKS.map((d) => labDomainDiskPath(ID, d)));
+}
+
+async function recordsOnPaths(node: string, paths: string[]): Promise<Record<string, Set<number>>> {
   const out: Record<string, Set<number>> = {};
   const dir = await mkdtemp(join(tmpdir(), 'ferry-libvirt-rec-'));
   try {
-    for (const d of DISKS) {
-      let file = lab.hosts.outside(node, labDomainDiskPath(ID, d));
+    for (const [i, d] of DISKS.entries()) {
+      let file = lab.hosts.outside(node, paths[i]!);
       if (d.format === 'qcow2') {
         const raw = join(dir, `${d.vdev}.raw`);
         await execFileP('qemu-img', ['convert', '-U', '-f', 'qcow2', '-O', 'raw', file, raw]);
@@ -201,5 +205,29 @@ describe("libvirt end to end: an operator's domain (virsh define, a raw and a qc
       const missing = Array.from({ length: lastSeq }, (_, i) => i + 1).filter((n) => !recs[d.vdev]!.has(n));
       expect(missing, `durable records missing on ${d.vdev}`).toEqual([]);
     }
+  });
+
+  it("moves it back to node-a, whose pathMap puts incoming disks in another folder: the domain's XML there names them, the disks match, the records are there", async () => {
+    const m = await lab.ferry(['migrate', ID, '--to', 'node-a', '--verify', '--json']);
+    expect(m.code, m.stderr).toBe(0);
+    const r = JSON.parse(m.stdout.trim().split('\n').pop()!) as MigrationResult;
+    expect(r.outcome).toBe('migrated');
+    expect(r.disksIdentical).toEqual({ vda: true, vdb: true });
+    const mapped = DISKS.map((d) => labDomainDiskPath(ID, d).replace(`${LAB_IMAGE_DIR}/`, `${LAB_MAPPED_DIR}/`));
+    expect((await lab.domains('node-a')).running).toEqual([ID]);
+    expect((await lab.domains('node-b')).all).toEqual([]);
+    expect(await lab.leftovers(ID, 'node-b')).toEqual([]);
+    expect(await lab.leftovers(ID, 'node-a')).toEqual(['domain lv1', ...mapped].sort());
+    const xml = await lab.hosts.host('node-a').virsh.run(['dumpxml', '--domain', ID]);
+    for (const p of mapped) expect(xml, 'the running domain uses the mapped disks').toContain(`file='${p}'`);
+    const persistent = await lab.hosts.host('node-a').virsh.run(['dumpxml', '--inactive', '--domain', ID]);
+    for (const p of mapped) expect(persistent, 'and so does its persistent definition').toContain(`file='${p}'`);
+    expect(lab.inventory.getInstance(ID).spec.disks.map((d) => d.path)).toEqual(mapped);
+    expect(lab.inventory.checkConsistency()).toEqual([]);
+    expect(await waitAnswer('node-a', 60_000)).toBeTruthy();
+    // The records the guest made durable before it was quiesced crossed twice.
+    const recs = await recordsOnPaths('node-a', mapped);
+    for (const d of DISKS) expect(recs[d.vdev]!.size, `records on ${d.vdev}`).toBeGreaterThan(0);
+    expect([...recs.vda!].sort((a, b) => a - b)).toEqual([...recs.vdb!].sort((a, b) => a - b));
   });
 });

@@ -3,7 +3,7 @@
 // tracked with QMP dirty bitmaps through libvirt (qemu-monitor-command) and read through an NBD
 // export of the running QEMU, so raw and qcow2 disks both read as the guest sees them; memory
 // moves by libvirt's own migration (memory-handover.ts). See docs/libvirt.md.
-import { rename, rm } from 'node:fs/promises';
+import { mkdir, rename, rm, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import type { Discovery, HypervisorDriver, MemoryProgress, MemoryResult, RuntimeState } from '../driver.js';
 import type { DiskSpec, InstanceSpec } from '../../shared/instance.js';
@@ -15,7 +15,8 @@ import { ID_PATTERN } from '../../shared/names.js';
 import { NbdBlockSource } from '../qemu/nbd-client.js';
 import { DEFAULT_GRANULARITY, ensureExport, removeExports, startTracking, stopTracking, takeRound, takenRound, type QmpExecutor, type TrackedDisk } from '../qemu/dirty-tracking.js';
 import { exists } from '../file-exists.js';
-import { parseDomainXml, instanceSpecOf, type DomainXml } from './domain-xml.js';
+import { mapPath, type PathRule } from '../path-map.js';
+import { parseDomainXml, instanceSpecOf, withDiskPaths, type DomainXml } from './domain-xml.js';
 import { Virsh } from './virsh.js';
 import { checkDestinationDisks, createDestinationDisks, openDestinationTarget, removeCreatedDisks, stopQemuNbd } from './destination-disks.js';
 import { abortMigration, closeDestinationTunnel, encodeMemoryUri, migrateUntilPaused, migrationInFlight, openDestinationTunnel, releaseAndFinish } from './memory-handover.js';
@@ -26,6 +27,8 @@ export interface LibvirtDriverOptions {
   /** The local libvirtd's socket (modular daemons: /run/libvirt/virtqemud-sock). */
   socket?: string;
   virshBinary?: string;
+  /** Where incoming disks go (prefix rewrites, first match wins); default: the path they have on the source. */
+  pathMap?: PathRule[];
   log?: (line: string) => void;
 }
 
@@ -131,7 +134,7 @@ export class LibvirtDriver implements HypervisorDriver {
 
   destinationDisks(spec: InstanceSpec): DiskSpec[] {
     this.checkSpec(spec);
-    return spec.disks.map((d) => ({ ...d }));
+    return spec.disks.map((d) => ({ ...d, path: mapPath(d.path, this.opts.pathMap) }));
   }
 
   async checkDestination(spec: InstanceSpec): Promise<void> {
@@ -161,7 +164,7 @@ export class LibvirtDriver implements HypervisorDriver {
 
   async openDestinationDisk(spec: InstanceSpec, vdev: string): Promise<DiskTarget> {
     this.checkSpec(spec);
-    return openDestinationTarget(this.dir(spec), diskOf(spec, vdev));
+    return openDestinationTarget(this.dir(spec), diskOf({ id: spec.id, disks: this.destinationDisks(spec) }, vdev));
   }
 
   async resume(spec: InstanceSpec): Promise<void> {
@@ -280,11 +283,17 @@ export class LibvirtDriver implements HypervisorDriver {
     opts: { downtimeMs: number; bandwidthBytesPerSec?: number; destinationDisks: DiskSpec[]; onProgress?: (p: MemoryProgress) => void },
   ): Promise<void> {
     await this.requireRunning(spec);
-    for (const d of opts.destinationDisks) {
-      const src = diskOf(spec, d.vdev);
-      if (src.path !== d.path) throw new FerryError(ErrorTypes.BadInput, `disk ${d.vdev} of ${spec.id} would move from ${src.path} to ${d.path}: the libvirt driver keeps each disk's path`);
+    // Disks that live elsewhere on the destination (its pathMap): the destination's XML says so.
+    const moved: Record<string, string> = {};
+    for (const d of opts.destinationDisks) if (diskOf(spec, d.vdev).path !== d.path) moved[d.vdev] = d.path;
+    let xmlFile: string | undefined;
+    if (Object.keys(moved).length > 0) {
+      xmlFile = join(this.dir(spec), 'destination.xml');
+      await mkdir(this.dir(spec), { recursive: true });
+      await writeFile(xmlFile, withDiskPaths(await this.virsh.run(['dumpxml', '--migratable', '--domain', spec.id]), moved));
     }
     await migrateUntilPaused(this.virsh, spec.id, memoryUri, {
+      xmlFile,
       dir: this.dir(spec),
       downtimeMs: opts.downtimeMs,
       bandwidthBytesPerSec: opts.bandwidthBytesPerSec,

@@ -107,6 +107,8 @@ const MAX_ITERATIONS = 40;
 
 export interface SourceMigrationOptions {
   dir: string;
+  /** The destination's domain XML when it differs from the source's (disks mapped elsewhere). */
+  xmlFile?: string;
   downtimeMs: number;
   bandwidthBytesPerSec?: number;
   pollMs?: number;
@@ -180,6 +182,7 @@ async function start(virsh: Virsh, domain: string, plan: MemoryPlan, o: SourceMi
     // tunnel's listener there (port free on both hosts, checked by the listen above).
     '--migrateuri', `tcp://127.0.0.1:${plan.memoryPort}`,
   ];
+  if (o.xmlFile) args.push('--xml', o.xmlFile, '--persistent-xml', o.xmlFile);
   if (o.bandwidthBytesPerSec && o.bandwidthBytesPerSec > 0) args.push('--bandwidth', String(Math.max(1, Math.floor(o.bandwidthBytesPerSec / (1024 * 1024)))));
   const child = spawn('virsh', args, { stdio: ['ignore', 'ignore', 'pipe'] });
   let stderr = '';

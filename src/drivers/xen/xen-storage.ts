@@ -1,6 +1,7 @@
 // Guest disks on a Xen host's storage: where a guest's disk goes on the destination (an LV of the
 // same name and size in the node's volume group, a file at the same or a mapped path), the checks
 // before anything is created, creating, removing and opening them.
+import { mapPath } from '../path-map.js';
 import { FerryError, ErrorTypes } from '../../shared/errors.js';
 import type { DiskSpec } from '../../shared/instance.js';
 import { runOk, type Executor, type HostFile } from './executor.js';
@@ -27,10 +28,7 @@ export function destinationDisk(disk: DiskSpec, opts: XenStorageOptions): DiskSp
     const { vg, lv } = lvPathParts(disk.path);
     return { ...disk, path: `/dev/${opts.volumeGroup ?? vg}/${lv}` };
   }
-  // A prefix is a whole folder: `/img` maps `/img/a`, not `/img2/a`.
-  const under = (from: string) => (from.endsWith('/') ? disk.path.startsWith(from) : disk.path === from || disk.path.startsWith(`${from}/`));
-  const rule = opts.pathMap?.find((r) => under(r.from));
-  return rule ? { ...disk, path: rule.to + disk.path.slice(rule.from.length) } : disk;
+  return { ...disk, path: mapPath(disk.path, opts.pathMap) };
 }
 
 const dirOf = (path: string) => path.slice(0, path.lastIndexOf('/')) || '/';

@@ -70,7 +70,7 @@ export async function startLibvirtHosts(labDir: string, nodes: LabNode[], log: (
     // Two daemons on one machine report the same host UUID, and libvirt refuses to migrate a
     // domain "to the same host": each lab host gets its own.
     await writeFile(join(dir, 'etc', 'libvirtd.conf'), `host_uuid = "${randomUUID()}"\nlisten_tls = 0\nlisten_tcp = 0\n`);
-    for (const p of ['lib/images', 'lib/boot']) await mkdir(join(dir, p), { recursive: true });
+    for (const p of ['lib/images', 'lib/boot', 'lib/moved']) await mkdir(join(dir, p), { recursive: true });
 
     await execInNamespace(node.netns, 'ip', ['link', 'del', LIBVIRT_BRIDGE]).catch(() => undefined);
     await execInNamespace(node.netns, 'ip', ['link', 'add', LIBVIRT_BRIDGE, 'type', 'bridge']);

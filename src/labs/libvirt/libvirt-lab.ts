@@ -15,6 +15,8 @@ import type { SyncNodeResult } from '../../shared/messages.js';
 /** Where each lab host keeps the guest kernel and initramfs (the same path on both, as operators do). */
 export const LAB_BOOT_DIR = '/var/lib/libvirt/boot';
 export const LAB_IMAGE_DIR = '/var/lib/libvirt/images';
+/** node-a keeps incoming disks here instead (its `node.libvirt.pathMap`): a destination laid out differently. */
+export const LAB_MAPPED_DIR = '/var/lib/libvirt/moved';
 
 export async function startLibvirtLab(opts: LabOptions = {}) {
   const dir = opts.dir ?? '/var/tmp/ferry-libvirt-lab';
@@ -29,6 +31,7 @@ export async function startLibvirtLab(opts: LabOptions = {}) {
       ...opts,
       dir,
       hypervisor: 'libvirt',
+      nodeSettings: { 'node-a': { libvirt: { pathMap: [{ from: `${LAB_IMAGE_DIR}/`, to: `${LAB_MAPPED_DIR}/` }] } } },
       launchOnNode: (node) => (cmd, args, o) => hosts.spawnOn(node, cmd, args, o),
     });
   } catch (e) {
@@ -79,8 +82,10 @@ export async function startLibvirtLab(opts: LabOptions = {}) {
     async leftovers(id: string, node: string): Promise<string[]> {
       const found: string[] = [];
       for (const d of (await lab.domains(node)).all) if (d === id) found.push(`domain ${d}`);
-      const images = await readdir(hosts.outside(node, LAB_IMAGE_DIR)).catch(() => [] as string[]);
-      for (const f of images) if (f.startsWith(`${id}-`)) found.push(`${LAB_IMAGE_DIR}/${f}`);
+      for (const folder of [LAB_IMAGE_DIR, LAB_MAPPED_DIR]) {
+        const images = await readdir(hosts.outside(node, folder)).catch(() => [] as string[]);
+        for (const f of images) if (f.startsWith(`${id}-`)) found.push(`${folder}/${f}`);
+      }
       const state = await readdir(join(base.nodeStateDir(node), 'libvirt')).catch(() => [] as string[]);
       for (const f of state) if (f === id) found.push(`ferry state ${f}`);
       const nbd = await new Promise<string>((r) => execFile('pgrep', ['-af', `qemu-nbd.*/${id}/`], (_e, out) => r(out ?? '')));
@@ -96,8 +101,10 @@ export async function startLibvirtLab(opts: LabOptions = {}) {
         const v = hosts.host(n.name).virsh;
         await v.run(['destroy', '--domain', id]).catch(() => undefined);
         await v.run(['undefine', '--domain', id]).catch(() => undefined);
-        for (const f of await readdir(hosts.outside(n.name, LAB_IMAGE_DIR)).catch(() => [] as string[])) {
-          if (f.startsWith(`${id}-`)) await rm(join(hosts.outside(n.name, LAB_IMAGE_DIR), f), { force: true });
+        for (const folder of [LAB_IMAGE_DIR, LAB_MAPPED_DIR]) {
+          for (const f of await readdir(hosts.outside(n.name, folder)).catch(() => [] as string[])) {
+            if (f.startsWith(`${id}-`)) await rm(join(hosts.outside(n.name, folder), f), { force: true });
+          }
         }
         await rm(join(base.nodeStateDir(n.name), 'libvirt', id), { recursive: true, force: true });
       }

@@ -7,21 +7,18 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { LibvirtLab } from '../../src/labs/libvirt/libvirt-lab.js';
-import { labNodes, shapeMigrationLink } from '../../src/labs/lab-network.js';
+import { labNodes } from '../../src/labs/lab-network.js';
 import { makeDisk } from '../../src/labs/lab-common.js';
-import { startProber, type ProbeSample } from '../../src/labs/guest-client.js';
 import { labDomainDiskPath, operatorDomainXml } from '../../src/labs/libvirt/lab-domain.js';
 import { pickAccelerator } from '../../src/drivers/qemu/accelerator.js';
 import { CONTROL_TASK_QUEUE, MIGRATE_WORKFLOW_TYPE, migrationWorkflowId } from '../../src/shared/names.js';
 import { SA_DESTINATION, SA_INSTANCE } from '../../src/shared/search-attributes.js';
 import type { MigrationResult } from '../../src/shared/messages.js';
-import { readLinkCounters, startLinkSampler } from './paper-link.js';
-import { linkSeries, linkViolation, spansFromTimeline, waitForGuest, type RunRecord, type RunSettings } from './paper-runs.js';
+import { probeAround, spansFromTimeline, waitForGuest, type RunRecord, type RunSettings } from './paper-runs.js';
 
 const MiB = 1024 * 1024;
 const A = labNodes['node-a'];
 const B = labNodes['node-b'];
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 export type LibvirtMethod = 'ferry-libvirt' | 'virsh';
 
@@ -32,8 +29,6 @@ export async function runLibvirtOnce(lab: LibvirtLab, method: LibvirtMethod, run
     method, run, instanceId: id, ok: false, totalMs: 0, downtimeMs: 0, clientGapMs: 0,
     bytesOnWire: { aToB: 0, bToA: 0, total: 0 }, memoryBytes: 0, phases: [], requests: { sent: 0, answered: 0 }, samples: [], link: [],
   };
-  let prober: ReturnType<typeof startProber> | undefined;
-  let sampler: ReturnType<typeof startLinkSampler> | undefined;
   try {
     s.log(`${id}: virsh define + start on node-a (${s.memoryMiB} MiB memory, ${s.diskMiB} MiB ext4 disk of ${s.contentDir}, ${s.rate} records/s)`);
     await makeDisk(lab.hosts.outside(A.name, labDomainDiskPath(id, disk)), disk.bytes, s.contentDir, 0, join(lab.dir, 'images'));
@@ -49,39 +44,14 @@ export async function runLibvirtOnce(lab: LibvirtLab, method: LibvirtMethod, run
     await waitForGuest(addrs[0]!.host, addrs[0]!.port);
     if (method === 'ferry-libvirt') await lab.sync(A.name);
 
-    const proberT0 = Date.now();
-    prober = startProber(addrs, s.probeMs);
-    sampler = startLinkSampler(A.netns);
-    await sleep(s.marginS * 1000);
-    await shapeMigrationLink(s.linkMbit);
-    const before = await readLinkCounters(A.netns);
-    const t0 = Date.now();
     s.log(`${id}: migrating with ${method}`);
-    const endAt = method === 'virsh' ? await migrateWithVirsh(lab, id, disk.bytes, rec, t0) : await migrateWithFerry(lab, id, rec, t0);
-    const after = await readLinkCounters(A.netns);
-    rec.bytesOnWire = { aToB: after.txBytes - before.txBytes, bToA: after.rxBytes - before.rxBytes, total: 0 };
-    rec.bytesOnWire.total = rec.bytesOnWire.aToB + rec.bytesOnWire.bToA;
-    rec.totalMs ||= endAt - t0;
-    await sleep(s.marginS * 1000);
-    const samples = prober.samples;
-    const probe = await prober.stop();
-    prober = undefined;
-    rec.samples = samples.map((x: ProbeSample) => ({ t: proberT0 + x.t - t0, ms: x.ms }));
-    rec.clientGapMs = probe.longestGapMs;
-    rec.requests = { sent: probe.requests, answered: probe.answered };
-    rec.link = linkSeries(await sampler.stop(), t0);
-    sampler = undefined;
-    if (probe.counterReset) rec.error ??= 'the guest counter went back: it was rebooted, not moved';
-    rec.error ??= linkViolation(rec, s.linkMbit);
-    rec.ok = rec.error === undefined;
+    await probeAround(addrs, s, rec, (t0) => (method === 'virsh' ? migrateWithVirsh(lab, id, disk.bytes, rec, t0) : migrateWithFerry(lab, id, rec, t0)));
     return rec;
   } catch (err) {
     rec.error = err instanceof Error ? err.message : String(err);
     s.log(`${id}: FAILED: ${rec.error}`);
     return rec;
   } finally {
-    if (prober) await prober.stop().catch(() => undefined);
-    if (sampler) await sampler.stop().catch(() => undefined);
     await lab.destroyGuest(id).catch(() => undefined);
   }
 }

@@ -121,6 +121,43 @@ export function spansFromTimeline(events: { phase: string; at: number }[], t0: n
   return spans;
 }
 
+/**
+ * What a user and the link saw around one migration: the client probes the guest from `marginS`
+ * before to `marginS` after, the link is (re)shaped and its counters read on both sides of
+ * `migrate(t0)`, which resolves when the migration ended. Fills in `rec`; both sections use it.
+ */
+export async function probeAround(addrs: { host: string; port: number }[], s: RunSettings, rec: RunRecord, migrate: (t0: number) => Promise<number>): Promise<void> {
+  const proberT0 = Date.now();
+  const prober = startProber(addrs, s.probeMs);
+  const sampler = startLinkSampler(A.netns);
+  try {
+    await sleep(s.marginS * 1000);
+    // The lab network is shared: another process may have unshaped the link since the last run.
+    await shapeMigrationLink(s.linkMbit);
+    const before = await readLinkCounters(A.netns);
+    const t0 = Date.now();
+    const endAt = await migrate(t0);
+    const after = await readLinkCounters(A.netns);
+    rec.bytesOnWire = { aToB: after.txBytes - before.txBytes, bToA: after.rxBytes - before.rxBytes, total: 0 };
+    rec.bytesOnWire.total = rec.bytesOnWire.aToB + rec.bytesOnWire.bToA;
+    rec.totalMs ||= endAt - t0;
+    await sleep(s.marginS * 1000);
+    const samples = prober.samples;
+    const probe = await prober.stop();
+    rec.samples = samples.map((x: ProbeSample) => ({ t: proberT0 + x.t - t0, ms: x.ms }));
+    rec.clientGapMs = probe.longestGapMs;
+    rec.requests = { sent: probe.requests, answered: probe.answered };
+    rec.link = linkSeries(await sampler.stop(), t0);
+    if (probe.counterReset) rec.error ??= 'the guest counter went back: it was rebooted, not moved';
+    rec.error ??= linkViolation(rec, s.linkMbit);
+    rec.ok = rec.error === undefined;
+  } finally {
+    // Idempotent: a second stop after a normal end does nothing.
+    await prober.stop().catch(() => undefined);
+    await sampler.stop().catch(() => undefined);
+  }
+}
+
 /** Boots the run's guest, measures it, probes it around `migrate`, and cleans up. */
 export async function runOnce(
   lab: Lab,
@@ -137,47 +174,20 @@ export async function runOnce(
     bytesOnWire: { aToB: 0, bToA: 0, total: 0 }, memoryBytes: 0, phases: [], requests: { sent: 0, answered: 0 }, samples: [], link: [],
   };
   const addrs = lab.serviceAddresses(spec);
-  let prober: ReturnType<typeof startProber> | undefined;
-  let sampler: ReturnType<typeof startLinkSampler> | undefined;
   try {
     await waitForGuest(addrs[0]!.host, addrs[0]!.port);
     if (measureContent) {
       s.log(`${id}: measuring the disk's compressibility`);
       rec.content = await measureDiskContent(spec.disks[0]!.path);
     }
-    const proberT0 = Date.now();
-    prober = startProber(addrs, s.probeMs);
-    sampler = startLinkSampler(A.netns);
-    await sleep(s.marginS * 1000);
-    // The lab network is shared: another process may have unshaped the link since the last run.
-    await shapeMigrationLink(s.linkMbit);
-    const before = await readLinkCounters(A.netns);
-    const t0 = Date.now();
     s.log(`${id}: migrating with ${method}`);
-    const endAt = method === 'ferry' ? await migrateWithFerry(lab, spec, rec, t0) : await migrateWithBaseline(lab, spec, rec, t0);
-    const after = await readLinkCounters(A.netns);
-    rec.bytesOnWire = { aToB: after.txBytes - before.txBytes, bToA: after.rxBytes - before.rxBytes, total: 0 };
-    rec.bytesOnWire.total = rec.bytesOnWire.aToB + rec.bytesOnWire.bToA;
-    rec.totalMs ||= endAt - t0;
-    await sleep(s.marginS * 1000);
-    const samples = prober.samples;
-    const probe = await prober.stop();
-    prober = undefined;
-    rec.samples = samples.map((x: ProbeSample) => ({ t: proberT0 + x.t - t0, ms: x.ms }));
-    rec.clientGapMs = probe.longestGapMs;
-    rec.requests = { sent: probe.requests, answered: probe.answered };
-    rec.link = linkSeries(await sampler.stop(), t0);
-    sampler = undefined;
-    rec.error ??= linkViolation(rec, s.linkMbit);
-    rec.ok = rec.error === undefined;
+    await probeAround(addrs, s, rec, (t0) => (method === 'ferry' ? migrateWithFerry(lab, spec, rec, t0) : migrateWithBaseline(lab, spec, rec, t0)));
     return rec;
   } catch (err) {
     rec.error = err instanceof Error ? err.message : String(err);
     s.log(`${id}: FAILED: ${rec.error}`);
     return rec;
   } finally {
-    if (prober) await prober.stop().catch(() => undefined);
-    if (sampler) await sampler.stop().catch(() => undefined);
     // The moved guest (or the source, after a failure) stops here: CPU is scarce.
     for (const n of [A, B]) {
       const paths = instancePaths(lab.nodeStateDir(n.name), id);

@@ -109,9 +109,16 @@ export async function sendStream(args: SendArgs): Promise<TransferProgress> {
     const maxInFlight = Math.max(2, (options.workers ?? availableParallelism()) * 2);
     const inFlight: Promise<EncodedChunk>[] = [];
     try {
-      for (const chunk of chunks(extentsFrom(extents, start), options.chunkSize)) {
+      const todo = extentsFrom(extents, start);
+      // Where the source already knows it holds zeros, the chunk goes as a zero frame, unread.
+      const zeros = todo.length && source.zeroExtents ? new ZeroMap(await source.zeroExtents()) : undefined;
+      for (const chunk of chunks(todo, options.chunkSize)) {
         if (failure) break;
         if (inFlight.length >= maxInFlight) await sendChunk(await inFlight.shift()!);
+        if (zeros?.covers(chunk)) {
+          inFlight.push(Promise.resolve({ offset: chunk.offset, length: chunk.length, wire: WireCodec.zero, crc: 0, payload: Buffer.alloc(0) }));
+          continue;
+        }
         const p = source.read(chunk.offset, chunk.length).then((buf) => pool.encode(chunk.offset, buf));
         p.catch(() => {}); // awaited in order below; avoid an unhandled rejection meanwhile
         inFlight.push(p);
@@ -162,6 +169,22 @@ function* chunks(extents: Extent[], chunkSize: number): Generator<Extent> {
     for (let off = e.offset; off < e.offset + e.length; off += chunkSize) {
       yield { offset: off, length: Math.min(chunkSize, e.offset + e.length - off) };
     }
+  }
+}
+
+/** Sorted, merged zero ranges; chunks are asked for in ascending order, so a cursor suffices. */
+class ZeroMap {
+  private readonly ranges: Extent[];
+  private i = 0;
+
+  constructor(ranges: Extent[]) {
+    this.ranges = normalizeExtents(ranges);
+  }
+
+  covers(c: Extent): boolean {
+    while (this.i < this.ranges.length && this.ranges[this.i]!.offset + this.ranges[this.i]!.length <= c.offset) this.i++;
+    const r = this.ranges[this.i];
+    return r !== undefined && r.offset <= c.offset && c.offset + c.length <= r.offset + r.length;
   }
 }
 

@@ -9,6 +9,12 @@ export const CODECS: readonly Codec[] = ['lzo', 'none'];
 export interface BlockSource {
   readonly size: number;
   read(offset: number, length: number): Promise<Buffer>;
+  /**
+   * Ranges known to read as zeros, found without reading them (NBD `base:allocation`): the sender
+   * sends those chunks as zero frames unread. Optional; a write after the call is the dirty
+   * bitmap's business, as for every byte the stream reads.
+   */
+  zeroExtents?(): Promise<Extent[]>;
   close(): Promise<void>;
 }
 

@@ -49,6 +49,36 @@ describe('disk stream', () => {
     expect(state.streams.bulk).toEqual({ ackedOffset: size, done: true });
   });
 
+  it('sends what the source knows is zero as zero frames without reading it, and the copy is still byte-identical', async () => {
+    const dir = await workspace();
+    const size = 12 * MiB;
+    await makeMixedDisk(join(dir, 'src.img'), size); // every third MiB a hole: 2-3, 5-6, 8-9, 11-12
+    const rx = await spawnReceiver({ host: '127.0.0.1', port: 0, token: 'sekret-z', diskPath: join(dir, 'dst.img'), diskSize: size, tls: true, stateFile: join(dir, 'state.json') });
+    const file = await openFileSource(join(dir, 'src.img'));
+    const holes = [2, 5, 8, 11].map((m) => ({ offset: m * MiB, length: MiB }));
+    const reads: number[] = [];
+    // The file source plus what NBD base:allocation would say about it; reading a hole is a bug now.
+    const source = {
+      size: file.size,
+      zeroExtents: async () => holes,
+      read: (offset: number, length: number) => {
+        reads.push(offset);
+        if (holes.some((h) => offset >= h.offset && offset < h.offset + h.length)) throw new Error(`read of a known zero range at ${offset}`);
+        return file.read(offset, length);
+      },
+      close: () => file.close(),
+    };
+    let result: TransferProgress;
+    try {
+      result = await sendStream({ endpoint: rx.endpoint, source, plan: { streamId: 'bulk', extents: [{ offset: 0, length: size }] }, options: { chunkSize: MiB, codec: 'lzo' } });
+    } finally {
+      await source.close();
+    }
+    expect(await sha256OfFile(join(dir, 'dst.img'))).toBe(await sha256OfFile(join(dir, 'src.img')));
+    expect(reads).toHaveLength(8);
+    expect(result.zeroBytes).toBe(4 * MiB);
+  });
+
   it('refuses a sender that pins a different certificate', async () => {
     const dir = await workspace();
     const size = 2 * MiB;

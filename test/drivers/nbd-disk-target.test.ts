@@ -11,6 +11,7 @@ import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { NbdDiskTarget } from '../../src/drivers/qemu/nbd-disk-target.js';
+import { NbdBlockSource } from '../../src/drivers/qemu/nbd-client.js';
 import { serveImage, servedImagePid, stopServedImage, type ServedImage } from '../../src/drivers/qemu/qemu-nbd.js';
 import { ErrorTypes, FerryError } from '../../src/shared/errors.js';
 import { DiskReceiver } from '../../src/dataplane/receiver.js';
@@ -237,5 +238,29 @@ setInterval(() => {}, 1000);
     // The image's lock is released: it can be served anew.
     const again = await serve(image, true, 'orphan');
     expect(await (await open(again)).size()).toBe(SIZE);
+  });
+
+  it("NbdBlockSource asks base:allocation where the zeros are: a qcow2's unwritten clusters, never its data", async () => {
+    const image = await qcow2('zeros.qcow2');
+    const w = await open(await serve(image, true, 'zw'));
+    await w.write(MiB, randomBytes(MiB));
+    await w.write(5 * MiB, randomBytes(64 * 1024));
+    await w.datasync();
+    await w.close();
+    for (const sv of servers.splice(0)) await sv.stop();
+    const src = await NbdBlockSource.open((await serve(image, false, 'zr')).socketPath, '');
+    try {
+      const zeros = await src.zeroExtents();
+      const covers = (off: number, len: number) => zeros.some((z) => z.offset <= off && off + len <= z.offset + z.length);
+      expect(covers(0, MiB), 'before the first write').toBe(true);
+      expect(covers(2 * MiB, 3 * MiB), 'between the writes').toBe(true);
+      expect(covers(7 * MiB, MiB), 'after the last write').toBe(true);
+      for (const z of zeros) {
+        expect(z.offset + z.length <= MiB || z.offset >= 2 * MiB, 'the 1 MiB of data is not zero').toBe(true);
+        expect(z.offset + z.length <= 5 * MiB || z.offset >= 5 * MiB + 64 * 1024, 'nor the 64 KiB').toBe(true);
+      }
+    } finally {
+      await src.close();
+    }
   });
 });

@@ -203,6 +203,11 @@ export class NbdClient {
     await this.request(CMD_FLUSH, 0, 0, () => undefined);
   }
 
+  /** Whether the server granted the meta context asked for at connect. */
+  get hasMetaContext(): boolean {
+    return this.metaContextId !== null;
+  }
+
   /** Extents where the negotiated meta context reports `flags & mask` (e.g. dirty bit 1). */
   async blockStatus(mask = 1): Promise<Extent[]> {
     if (this.metaContextId === null) throw nbdError('no meta context negotiated');
@@ -246,11 +251,21 @@ export class NbdClient {
 }
 
 /** The data plane's view of a disk served by QEMU's NBD server. */
+/** NBD_STATE_ZERO of the `base:allocation` context: the range reads as zeros. */
+const STATE_ZERO = 2;
+
 export class NbdBlockSource implements BlockSource {
   private constructor(private readonly client: NbdClient) {}
 
+  /** With `base:allocation` negotiated, so zeroExtents() can ask QEMU where the zeros are. */
   static async open(socketPath: string, exportName: string): Promise<NbdBlockSource> {
-    return new NbdBlockSource(await NbdClient.connect({ socketPath, exportName }));
+    return new NbdBlockSource(await NbdClient.connect({ socketPath, exportName, metaContext: 'base:allocation' }));
+  }
+
+  /** Holes and zero clusters of the export (QEMU answers from the image's allocation: SEEK_HOLE, qcow2 tables). */
+  async zeroExtents(): Promise<Extent[]> {
+    if (!this.client.hasMetaContext) return [];
+    return this.client.blockStatus(STATE_ZERO);
   }
 
   get size(): number {

@@ -19,6 +19,7 @@ import { FerryError, ErrorTypes } from '../../shared/errors.js';
 import type { MemoryProgress } from '../driver.js';
 import { startTunnelClient, startTunnelServer, type TunnelClient, type TunnelEndpoint } from './stream-tunnel.js';
 import { cleanError, type Virsh } from './virsh.js';
+import { DowntimeLadder } from '../downtime-ladder.js';
 
 const URI_PREFIX = 'ferry-tunnel:';
 const planSchema = z.strictObject({
@@ -123,6 +124,8 @@ export async function migrateUntilPaused(virsh: Virsh, domain: string, memoryUri
   if (m.pausedAt) return;
   const qmp = virsh.qmp(domain);
   let limited = false;
+  // Ferry's own switchover threshold climbs the same ladder QEMU's limit does for the QEMU driver.
+  const ladder = new DowntimeLadder(o.downtimeMs);
   for (;;) {
     const done = await Promise.race([m.exit.then((e) => e), sleep(o.pollMs ?? 200).then(() => null)]);
     if (done) {
@@ -152,8 +155,9 @@ export async function migrateUntilPaused(virsh: Virsh, domain: string, memoryUri
     if (info.status === 'failed') throw memoryError(`memory migration of ${domain} failed: ${info['error-desc'] ?? 'no reason given'}`);
     if (info.status !== 'active' || iteration < 2 || !limited) continue;
     const remaining = info.ram?.remaining ?? Infinity;
-    const fits = remaining <= Math.max(256 * 1024, ((rate ?? 0) * o.downtimeMs) / 1000);
-    if (!fits && iteration < MAX_ITERATIONS) continue;
+    ladder.observe(iteration, remaining);
+    const fits = remaining <= Math.max(256 * 1024, ((rate ?? 0) * ladder.currentMs) / 1000);
+    if (!fits && (iteration < MAX_ITERATIONS || !ladder.atBudget)) continue;
     if (!fits) throw new FerryError(ErrorTypes.WontConverge, `${domain} dirties memory faster than the link carries it: ${remaining} bytes left after ${iteration} passes`);
     await m.tunnel.hold('memory');
     await virsh.run(['suspend', '--domain', domain]);

@@ -16,6 +16,7 @@ import { NbdBlockSource } from './nbd-client.js';
 import { DEFAULT_QEMU, instancePaths, launchQemu, livePid, stopQemu, type InstancePaths } from './qemu-process.js';
 import { DEFAULT_GRANULARITY, DISK_NODE, LIVE_EXPORT, ensureExport, forgetTracking, removeExports, startTracking, stopTracking, takeRound, takenRound, type TrackedDisk } from './dirty-tracking.js';
 import { exists } from '../file-exists.js';
+import { DowntimeLadder } from '../downtime-ladder.js';
 
 const execFileP = promisify(execFile);
 
@@ -290,6 +291,7 @@ export class QemuDriver implements HypervisorDriver {
     if (!/^tcp:[0-9a-zA-Z.-]+:\d{1,5}$/.test(memoryUri)) throw new FerryError(ErrorTypes.BadInput, `bad memory URI ${JSON.stringify(memoryUri)}`);
     if (!Number.isFinite(opts.downtimeMs) || opts.downtimeMs <= 0) throw new FerryError(ErrorTypes.BadInput, `bad downtime ${opts.downtimeMs}`);
     await this.requireLive(spec);
+    const ladder = new DowntimeLadder(opts.downtimeMs);
     await this.qmp(spec, async (q) => {
       const info = await q.execute<MigrationInfo>('query-migrate');
       if (info.status && IN_PROGRESS.has(info.status)) return; // a retry: the migration already runs
@@ -303,7 +305,8 @@ export class QemuDriver implements HypervisorDriver {
         ],
       });
       await q.execute('migrate-set-parameters', {
-        'downtime-limit': Math.max(1, Math.round(opts.downtimeMs)),
+        // The ladder's first rung; it rises towards opts.downtimeMs only when pre-copy stalls.
+        'downtime-limit': ladder.currentMs,
         // QEMU's default cap is 32 MiB/s; without a cap from the caller, let the link decide.
         'max-bandwidth': Math.round(opts.bandwidthBytesPerSec && opts.bandwidthBytesPerSec > 0 ? opts.bandwidthBytesPerSec : 1e12),
       });
@@ -321,6 +324,8 @@ export class QemuDriver implements HypervisorDriver {
         // QEMU's mbps is megabits (10^6) per second.
         rateBytesPerSec: info.ram?.mbps !== undefined ? Math.round((info.ram.mbps * 1e6) / 8) : undefined,
       });
+      const raised = info.status === 'active' ? ladder.observe(info.ram?.['dirty-sync-count'] ?? 0, info.ram?.remaining ?? 0) : undefined;
+      if (raised !== undefined) await this.qmp(spec, (q) => q.execute('migrate-set-parameters', { 'downtime-limit': raised }));
       switch (info.status) {
         case 'pre-switchover':
         case 'completed':

@@ -188,10 +188,15 @@ export class LibvirtDriver implements HypervisorDriver {
   }
 
   async abortDestination(spec: InstanceSpec): Promise<void> {
-    const { state } = await this.virsh.domstate(spec.id);
+    const { state, reason } = await this.virsh.domstate(spec.id);
     if (state === 'running') throw new FerryError(ErrorTypes.DriverError, `refusing to abort ${spec.id} here: it already runs on this node`);
+    // Paused but not incoming: libvirt finished the migration, so the source QEMU is gone and this
+    // is the guest's only live copy. Never destroy that; the operator decides.
+    if (state === 'paused' && !/incoming|starting/.test(reason)) {
+      throw new FerryError(ErrorTypes.DriverError, `refusing to abort ${spec.id} here: libvirt finished migrating it, it waits paused on this node (${reason || 'paused'}) and the source no longer runs it`);
+    }
     await closeDestinationTunnel(spec.id);
-    // A failed libvirt migration removes its incoming domain itself; one left paused is Ferry's.
+    // A failed libvirt migration removes its incoming domain itself; one still starting is Ferry's.
     if (state === 'paused') await this.virsh.run(['destroy', '--domain', spec.id]).catch(() => undefined);
     const dir = this.dir(spec);
     await removeCreatedDisks(dir);

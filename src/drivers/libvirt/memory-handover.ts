@@ -91,6 +91,8 @@ interface Inflight {
   tunnel: TunnelClient;
   startedAt: number;
   pausedAt?: number;
+  /** The stream's rate once the downtime limit is set (MiB/s; the caller's cap, or unlimited). */
+  bandwidthMiB: number;
   /** Memory QEMU still had to send when the source paused. */
   remainingAtPause?: number;
   transferred: number;
@@ -102,6 +104,9 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 function memoryError(msg: string): FerryError {
   return new FerryError(ErrorTypes.MemoryMigrationFailed, msg);
 }
+
+/** "No cap" for migrate-setspeed: 1 TiB/s. */
+const UNLIMITED_MIB = 1024 * 1024;
 
 /** Pre-copy passes after which a guest that still does not fit the budget is given up on. */
 const MAX_ITERATIONS = 40;
@@ -131,13 +136,18 @@ export async function migrateUntilPaused(virsh: Virsh, domain: string, memoryUri
     if (done) {
       inflight.delete(domain);
       await m.tunnel.close();
-      if (done.code === 0) throw memoryError(`libvirt finished migrating ${domain} before Ferry paused it; the destination waits paused`);
+      // Guarded against above; should it happen, the guest's only running copy waits paused on
+      // the destination (abortDestination refuses to remove it) for the operator.
+      if (done.code === 0) throw memoryError(`libvirt finished migrating ${domain} before Ferry paused it: it waits paused on the destination, whose disks may miss the last writes; the source disks are intact and stopped`);
       throw memoryError(`virsh migrate ${domain} failed: ${cleanError(done.stderr)}`);
     }
     const info = await qmp.execute<MigrationInfo>('query-migrate').catch(() => ({}) as MigrationInfo);
     if (info.status === 'active' && !limited) {
-      // Once the job runs: QEMU must not decide the switchover itself (see the header).
-      await virsh.run(['migrate-setmaxdowntime', '--domain', domain, '--downtime', '1']).catch(() => undefined);
+      // The job started at 1 MiB/s, so QEMU cannot reach its first convergence check before the
+      // 1 ms limit is in place (libvirt 9.0 takes no downtime before the job exists); only then
+      // does the stream get its real rate. A limit that cannot be set stops the migration.
+      await virsh.run(['migrate-setmaxdowntime', '--domain', domain, '--downtime', '1']);
+      await virsh.run(['migrate-setspeed', '--domain', domain, '--bandwidth', String(m.bandwidthMiB)]);
       limited = true;
     }
     const rate = info.ram?.mbps !== undefined ? Math.round((info.ram.mbps * 1e6) / 8) : undefined;
@@ -187,7 +197,8 @@ async function start(virsh: Virsh, domain: string, plan: MemoryPlan, o: SourceMi
     '--migrateuri', `tcp://127.0.0.1:${plan.memoryPort}`,
   ];
   if (o.xmlFile) args.push('--xml', o.xmlFile, '--persistent-xml', o.xmlFile);
-  if (o.bandwidthBytesPerSec && o.bandwidthBytesPerSec > 0) args.push('--bandwidth', String(Math.max(1, Math.floor(o.bandwidthBytesPerSec / (1024 * 1024)))));
+  args.push('--bandwidth', '1');
+  const bandwidthMiB = o.bandwidthBytesPerSec && o.bandwidthBytesPerSec > 0 ? Math.max(1, Math.floor(o.bandwidthBytesPerSec / (1024 * 1024))) : UNLIMITED_MIB;
   const child = spawn('virsh', args, { stdio: ['ignore', 'ignore', 'pipe'] });
   let stderr = '';
   child.stderr!.on('data', (d: Buffer) => (stderr = (stderr + d.toString()).slice(-4096)));
@@ -195,7 +206,7 @@ async function start(virsh: Virsh, domain: string, plan: MemoryPlan, o: SourceMi
     child.once('error', (e) => resolve({ code: -1, stderr: e.message }));
     child.once('close', (code) => resolve({ code, stderr }));
   });
-  const m: Inflight = { child, exit, tunnel, startedAt: Date.now(), transferred: 0 };
+  const m: Inflight = { child, exit, tunnel, startedAt: Date.now(), transferred: 0, bandwidthMiB };
   inflight.set(domain, m);
   return m;
 }

@@ -93,6 +93,7 @@ interface Inflight {
   pausedAt?: number;
   /** The stream's rate once the downtime limit is set (MiB/s; the caller's cap, or unlimited). */
   bandwidthMiB: number;
+  pausing?: Promise<void>;
   /** Memory QEMU still had to send when the source paused. */
   remainingAtPause?: number;
   transferred: number;
@@ -126,7 +127,7 @@ export interface SourceMigrationOptions {
 export async function migrateUntilPaused(virsh: Virsh, domain: string, memoryUri: string, o: SourceMigrationOptions): Promise<void> {
   let m = inflight.get(domain);
   if (!m) m = await start(virsh, domain, decodeMemoryUri(memoryUri), o);
-  if (m.pausedAt) return;
+  if (m.pausing) return m.pausing;
   const qmp = virsh.qmp(domain);
   let limited = false;
   // Ferry's own switchover threshold climbs the same ladder QEMU's limit does for the QEMU driver.
@@ -169,11 +170,15 @@ export async function migrateUntilPaused(virsh: Virsh, domain: string, memoryUri
     const fits = remaining <= Math.max(256 * 1024, ((rate ?? 0) * ladder.currentMs) / 1000);
     if (!fits && (iteration < MAX_ITERATIONS || !ladder.atBudget)) continue;
     if (!fits) throw new FerryError(ErrorTypes.WontConverge, `${domain} dirties memory faster than the link carries it: ${remaining} bytes left after ${iteration} passes`);
-    await m.tunnel.hold('memory');
-    await virsh.run(['suspend', '--domain', domain]);
-    m.pausedAt = Date.now();
-    m.remainingAtPause = remaining;
-    o.log?.(`libvirt: ${domain} paused with ${remaining} bytes of memory left, stream held`);
+    // One pause per migration, even if a retried activity polls beside the first one.
+    m.pausing ??= (async () => {
+      await m.tunnel.hold('memory');
+      await virsh.run(['suspend', '--domain', domain]);
+      m.pausedAt = Date.now();
+      m.remainingAtPause = remaining;
+      o.log?.(`libvirt: ${domain} paused with ${remaining} bytes of memory left, stream held`);
+    })();
+    await m.pausing;
     return;
   }
 }

@@ -18,7 +18,7 @@ import { z } from 'zod';
 import { FerryError, ErrorTypes } from '../../shared/errors.js';
 import type { MemoryProgress } from '../driver.js';
 import { startTunnelClient, startTunnelServer, type TunnelClient, type TunnelEndpoint } from './stream-tunnel.js';
-import { cleanError, type Virsh } from './virsh.js';
+import { cleanError, Virsh } from './virsh.js';
 import { DowntimeLadder } from '../downtime-ladder.js';
 
 const URI_PREFIX = 'ferry-tunnel:';
@@ -94,6 +94,8 @@ interface Inflight {
   /** The stream's rate once the downtime limit is set (MiB/s; the caller's cap, or unlimited). */
   bandwidthMiB: number;
   pausing?: Promise<void>;
+  /** The destination's libvirtd, through the tunnel. */
+  destination: Virsh;
   /** Memory QEMU still had to send when the source paused. */
   remainingAtPause?: number;
   transferred: number;
@@ -211,7 +213,8 @@ async function start(virsh: Virsh, domain: string, plan: MemoryPlan, o: SourceMi
     child.once('error', (e) => resolve({ code: -1, stderr: e.message }));
     child.once('close', (code) => resolve({ code, stderr }));
   });
-  const m: Inflight = { child, exit, tunnel, startedAt: Date.now(), transferred: 0, bandwidthMiB };
+  const destination = new Virsh(`qemu+unix:///system?socket=${libvirtSocket}`);
+  const m: Inflight = { child, exit, tunnel, startedAt: Date.now(), transferred: 0, bandwidthMiB, destination };
   inflight.set(domain, m);
   return m;
 }
@@ -222,24 +225,33 @@ export async function releaseAndFinish(virsh: Virsh, domain: string): Promise<{ 
   if (!m) throw memoryError(`no migration of ${domain} is in flight in this worker (it restarted?); the source resumes when libvirt notices the broken stream`);
   const releasedAt = Date.now();
   m.tunnel.release('memory');
-  // When the source QEMU has sent everything (the rest is libvirt's own bookkeeping): for the note.
+  // For the note: when the source QEMU has sent everything, and when the destination's libvirt
+  // has finished (its domain paused for Ferry, no longer incoming); the rest is the source's Confirm.
   let sentAt: number | undefined;
+  let readyAt: number | undefined;
   const qmp = virsh.qmp(domain);
-  const watch = (async () => {
+  const watchSent = (async () => {
     while (sentAt === undefined && m.child.exitCode === null) {
       const info = await qmp.execute<MigrationInfo>('query-migrate').catch(() => null);
       if (!info || info.status === 'completed') sentAt = Date.now();
       else await sleep(50);
     }
   })();
+  const watchReady = (async () => {
+    while (readyAt === undefined && m.child.exitCode === null) {
+      const st = await m.destination.domstate(domain).catch(() => null);
+      if (st?.state === 'paused' && !/migrat|incoming|starting/.test(st.reason)) readyAt = Date.now();
+      else await sleep(50);
+    }
+  })();
   const done = await m.exit;
   const finishedAt = Date.now();
-  await watch;
+  await Promise.all([watchSent, watchReady]);
   inflight.delete(domain);
   await m.tunnel.close();
   if (done.code !== 0) throw memoryError(`switchover of ${domain} failed: ${cleanError(done.stderr)}`);
   const held = m.pausedAt ? releasedAt - m.pausedAt : 0;
-  const note = `libvirt: source paused with ${m.remainingAtPause ?? 0} bytes of memory left; stream held ${held} ms (final disk round); QEMU sent the rest in ${(sentAt ?? finishedAt) - releasedAt} ms; libvirt finished ${finishedAt - releasedAt} ms after the release`;
+  const note = `libvirt: source paused with ${m.remainingAtPause ?? 0} bytes of memory left; stream held ${held} ms (final disk round); QEMU sent the rest in ${(sentAt ?? finishedAt) - releasedAt} ms; the destination was ready ${readyAt ? `${readyAt - releasedAt} ms` : 'only'} after the release; libvirt finished ${finishedAt - releasedAt} ms after the release`;
   return { totalMs: finishedAt - m.startedAt, downtimeMs: m.pausedAt ? finishedAt - m.pausedAt : undefined, transferredBytes: m.transferred, note };
 }
 

@@ -135,7 +135,8 @@ export async function migrateUntilPaused(virsh: Virsh, domain: string, memoryUri
   // Ferry's own switchover threshold climbs the same ladder QEMU's limit does for the QEMU driver.
   const ladder = new DowntimeLadder(o.downtimeMs);
   for (;;) {
-    const done = await Promise.race([m.exit.then((e) => e), sleep(o.pollMs ?? 200).then(() => null)]);
+    // Fast until the downtime limit is in place (the window in which QEMU could switch over alone).
+    const done = await Promise.race([m.exit.then((e) => e), sleep(limited ? (o.pollMs ?? 200) : 25).then(() => null)]);
     if (done) {
       inflight.delete(domain);
       await m.tunnel.close();

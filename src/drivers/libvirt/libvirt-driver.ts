@@ -19,7 +19,9 @@ import { mapPath, type PathRule } from '../path-map.js';
 import { parseDomainXml, instanceSpecOf, withDiskPaths, type DomainXml } from './domain-xml.js';
 import { Virsh } from './virsh.js';
 import { checkDestinationDisks, createDestinationDisks, openDestinationTarget, removeCreatedDisks, stopQemuNbd } from './destination-disks.js';
-import { abortMigration, closeDestinationTunnel, encodeMemoryUri, migrateUntilPaused, migrationInFlight, openDestinationTunnel, releaseAndFinish } from './memory-handover.js';
+import { abortMigration, closeDestinationTunnel, encodeMemoryUri, migrateUntilPaused, migrationInFlight, openDestinationTunnel, releaseAndFinish, sourceStoppedItself } from './memory-handover.js';
+import { openFileSource } from '../../dataplane/file-source.js';
+import { serveImage } from '../qemu/qemu-nbd.js';
 
 export interface LibvirtDriverOptions {
   /** Ferry's per-instance state on this host (tracking rounds, sockets, records of what it created). */
@@ -253,6 +255,8 @@ export class LibvirtDriver implements HypervisorDriver {
 
   async takeDirtyRound(spec: InstanceSpec, round: number): Promise<Record<string, Extent[]>> {
     this.checkSpec(spec);
+    // QEMU switched over by itself and inactivated the disks: no bitmap to ask, so every byte.
+    if (sourceStoppedItself(spec.id)) return Object.fromEntries(spec.disks.map((d) => [d.vdev, [{ offset: 0, length: d.bytes }]]));
     const dir = this.dir(spec);
     const out: Record<string, Extent[]> = {};
     let disks: Record<string, TrackedDisk> | undefined;
@@ -271,12 +275,24 @@ export class LibvirtDriver implements HypervisorDriver {
   }
 
   async openDisk(spec: InstanceSpec, vdev: string): Promise<BlockSource> {
+    if (sourceStoppedItself(spec.id)) return this.openStoppedDisk(spec, diskOf(spec, vdev));
     const q = await this.requireRunning(spec);
     diskOf(spec, vdev);
     const t = (await this.tracked(spec, q))[vdev]!;
     const id = `${t.exportPrefix}live`;
     await ensureExport(q, t, id);
     return NbdBlockSource.open(t.nbdSocket, id);
+  }
+
+  /** A disk of a source QEMU that has inactivated it: the file itself (qcow2 through a read-only qemu-nbd). */
+  private async openStoppedDisk(spec: InstanceSpec, d: DiskSpec): Promise<BlockSource> {
+    if (d.format === 'raw') return openFileSource(d.path);
+    const image = await serveImage({ path: d.path, format: 'qcow2', socketPath: join(this.dir(spec), `stopped-${d.vdev}.nbd`), writable: false });
+    const src = await NbdBlockSource.open(image.socketPath, image.exportName).catch(async (e: unknown) => {
+      await image.stop();
+      throw e;
+    });
+    return { size: src.size, read: (o, l) => src.read(o, l), zeroExtents: () => src.zeroExtents(), close: async () => { await src.close().catch(() => undefined); await image.stop(); } };
   }
 
   async stopDirtyTracking(spec: InstanceSpec): Promise<void> {
@@ -325,8 +341,10 @@ export class LibvirtDriver implements HypervisorDriver {
     // QEMU cannot inactivate a disk that an NBD export holds; the final sync is done by now.
     const t0 = Date.now();
     const q = this.virsh.qmp(spec.id);
-    await removeExports(q);
-    await q.execute('nbd-server-stop').catch(() => undefined);
+    if (!sourceStoppedItself(spec.id)) {
+      await removeExports(q);
+      await q.execute('nbd-server-stop').catch(() => undefined);
+    }
     const exportsMs = Date.now() - t0;
     const r = await releaseAndFinish(this.virsh, spec.id);
     return { ...r, note: `${r.note}; NBD exports closed in ${exportsMs} ms before it` };

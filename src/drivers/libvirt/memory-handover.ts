@@ -94,6 +94,8 @@ interface Inflight {
   /** The stream's rate once the downtime limit is set (MiB/s; the caller's cap, or unlimited). */
   bandwidthMiB: number;
   pausing?: Promise<void>;
+  /** QEMU stopped the source for the switchover on its own (see migrateUntilPaused). */
+  selfStopped?: boolean;
   /** The destination's libvirtd, through the tunnel. */
   destination: Virsh;
   /** Memory QEMU still had to send when the source paused. */
@@ -107,6 +109,9 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 function memoryError(msg: string): FerryError {
   return new FerryError(ErrorTypes.MemoryMigrationFailed, msg);
 }
+
+/** What the tunnel keeps back of the memory stream: more than QEMU's closing EOF and device description. */
+const TAIL_GUARD_BYTES = 1024 * 1024;
 
 /** "No cap" for migrate-setspeed: 1 TiB/s. */
 const UNLIMITED_MIB = 1024 * 1024;
@@ -167,6 +172,21 @@ export async function migrateUntilPaused(virsh: Virsh, domain: string, memoryUri
       rateBytesPerSec: rate,
     });
     if (info.status === 'failed') throw memoryError(`memory migration of ${domain} failed: ${info['error-desc'] ?? 'no reason given'}`);
+    if (info.status === 'pre-switchover' || info.status === 'device' || info.status === 'completed') {
+      // QEMU switched over by itself (a guest idle enough for a pass to leave nothing to send).
+      // The tail guard keeps its last section from the destination, so the source QEMU waits,
+      // stopped; its disks are inactive now, so the final round reads the files whole
+      // (sourceStoppedItself). Nothing is lost, only that round is longer.
+      m.pausing ??= (async () => {
+        await m.tunnel.hold('memory');
+        m.pausedAt = Date.now();
+        m.remainingAtPause = info.ram?.remaining ?? 0;
+        m.selfStopped = true;
+        o.log?.(`libvirt: QEMU stopped ${domain} for the switchover by itself; its last section is held`);
+      })();
+      await m.pausing;
+      return;
+    }
     if (info.status !== 'active' || iteration < 2 || !limited) continue;
     const remaining = info.ram?.remaining ?? Infinity;
     ladder.observe(iteration, remaining);
@@ -192,7 +212,9 @@ async function start(virsh: Virsh, domain: string, plan: MemoryPlan, o: SourceMi
     endpoint: plan.tunnel as TunnelEndpoint,
     listeners: [
       { channel: 'libvirt', listen: { kind: 'unix', path: libvirtSocket } },
-      { channel: 'memory', listen: { kind: 'tcp', host: '127.0.0.1', port: plan.memoryPort } },
+      // The guard: the destination never has QEMU's last section (its EOF, then the device
+      // description) until Ferry's switchover releases it, whoever decided to switch over.
+      { channel: 'memory', listen: { kind: 'tcp', host: '127.0.0.1', port: plan.memoryPort }, guardTail: TAIL_GUARD_BYTES },
     ],
     log: o.log,
   });
@@ -226,6 +248,7 @@ export async function releaseAndFinish(virsh: Virsh, domain: string): Promise<{ 
   if (!m) throw memoryError(`no migration of ${domain} is in flight in this worker (it restarted?); the source resumes when libvirt notices the broken stream`);
   const releasedAt = Date.now();
   m.tunnel.release('memory');
+  m.tunnel.releaseTail('memory');
   // For the note: when the source QEMU has sent everything, and when the destination's libvirt
   // has finished (its domain paused for Ferry, no longer incoming); the rest is the source's Confirm.
   let sentAt: number | undefined;
@@ -261,15 +284,21 @@ export async function abortMigration(virsh: Virsh, domain: string): Promise<void
   const m = inflight.get(domain);
   await virsh.run(['domjobabort', '--domain', domain]).catch(() => undefined);
   if (!m) return;
-  m.tunnel.release('memory');
+  // Closing the tunnel with its tail still guarded: the destination never completes, libvirt's
+  // Finish there fails and the source is put back as it was, even if QEMU had switched over.
+  await m.tunnel.close();
   const timer = setTimeout(() => m.child.kill('SIGTERM'), 60_000);
   try {
     await m.exit;
   } finally {
     clearTimeout(timer);
     inflight.delete(domain);
-    await m.tunnel.close();
   }
+}
+
+/** Whether QEMU stopped the source by itself: its disks are inactive, the final round reads the files whole. */
+export function sourceStoppedItself(domain: string): boolean {
+  return inflight.get(domain)?.selfStopped === true;
 }
 
 export function migrationInFlight(domain: string): boolean {

@@ -24,6 +24,12 @@ export interface TunnelClient {
    *  bytes will be written to the remote side for it (reads paused, what was already read handed to the kernel).
    *  Bytes already on the wire still arrive. Remote→local keeps flowing. */
   hold(channel: string): Promise<void>;
+  /**
+   * Turns the channel's tail guard off and sends what it kept back. With the guard on, the
+   * newest `guardTail` bytes never reach the remote side, so a stream's end (QEMU's last section)
+   * cannot arrive there until the caller allows it.
+   */
+  releaseTail(channel: string): void;
   release(channel: string): void;
   /** Bytes forwarded local→remote per channel (for progress/tests). */
   bytesSent(channel: string): number;
@@ -43,22 +49,58 @@ class Flow {
   private pending = 0; // writes not yet handed to the kernel
   private waitingDrain = false;
   private idle: Array<() => void> = [];
+  /** The newest bytes, kept back while the tail guard is on (see TunnelClient.releaseTail). */
+  private tail: Buffer = Buffer.alloc(0);
+  private endedUnderGuard = false;
 
-  constructor(private readonly from: net.Socket, private readonly to: net.Socket, private readonly held: () => boolean) {
+  constructor(
+    private readonly from: net.Socket,
+    private readonly to: net.Socket,
+    private readonly held: () => boolean,
+    private readonly guard: () => number = () => 0,
+  ) {
     from.on('data', (chunk: Buffer) => {
       this.bytes += chunk.length;
-      this.pending++;
-      const ok = to.write(chunk, () => --this.pending === 0 && this.wake());
-      if (!ok && !this.waitingDrain) {
-        this.waitingDrain = true;
-        from.pause();
-        // resume() checks the hold: a drain must not undo it.
-        to.once('drain', () => { this.waitingDrain = false; this.resume(); });
+      const keep = this.guard();
+      if (keep > 0 || this.tail.length) {
+        const all = this.tail.length ? Buffer.concat([this.tail, chunk]) : chunk;
+        const n = Math.min(keep, all.length);
+        this.tail = Buffer.from(all.subarray(all.length - n));
+        chunk = all.subarray(0, all.length - n);
+        if (!chunk.length) return;
       }
+      this.send(chunk);
     });
-    from.on('end', () => to.end()); // half-close travels through
+    from.on('end', () => {
+      // Half-close travels through, but not past a guarded tail: the end waits with it.
+      if (this.guard() > 0 || this.tail.length) this.endedUnderGuard = true;
+      else to.end();
+    });
     to.once('close', () => this.wake());
     this.resume();
+  }
+
+  private send(chunk: Buffer): void {
+    this.pending++;
+    const ok = this.to.write(chunk, () => --this.pending === 0 && this.wake());
+    if (!ok && !this.waitingDrain) {
+      this.waitingDrain = true;
+      this.from.pause();
+      // resume() checks the hold: a drain must not undo it.
+      this.to.once('drain', () => { this.waitingDrain = false; this.resume(); });
+    }
+  }
+
+  /** Sends what the guard kept back (the guard is off by now), and an end that waited for it. */
+  flushTail(): void {
+    if (this.to.destroyed) return;
+    const t = this.tail;
+    this.tail = Buffer.alloc(0);
+    if (t.length) this.send(t);
+    if (this.endedUnderGuard) {
+      this.endedUnderGuard = false;
+      this.to.end();
+    }
   }
 
   resume(): void {
@@ -76,8 +118,8 @@ class Flow {
 }
 
 /** Pipes a↔b; any abnormal close (error, destroy before both ends finished) destroys the other side. */
-function splice(a: net.Socket, b: net.Socket, held: () => boolean, onClosed: (up: Flow, down: Flow) => void): Flow {
-  const up = new Flow(a, b, held);
+function splice(a: net.Socket, b: net.Socket, held: () => boolean, onClosed: (up: Flow, down: Flow) => void, guard?: () => number): Flow {
+  const up = new Flow(a, b, held, guard);
   const down = new Flow(b, a, () => false);
   let open = 2;
   for (const [x, y] of [[a, b], [b, a]] as const) {
@@ -209,13 +251,16 @@ export async function startTunnelServer(opts: {
 
 /** Source side: each connection accepted on a local listener becomes one tunnel connection for its channel. */
 export async function startTunnelClient(opts: {
-  endpoint: TunnelEndpoint; listeners: Array<{ channel: string; listen: TunnelListen }>; log?: Log;
+  endpoint: TunnelEndpoint;
+  /** `guardTail`: bytes of the newest local→remote data kept back until releaseTail (0: none). */
+  listeners: Array<{ channel: string; listen: TunnelListen; guardTail?: number }>;
+  log?: Log;
   /** A local connection the tunnel could not carry (its local socket is closed): AuthFailed for a wrong token or certificate. */
   onError?: (channel: string, err: FerryError) => void;
 }): Promise<TunnelClient> {
   const { endpoint: ep } = opts;
   const log = opts.log ?? (() => {});
-  const channels = new Map<string, { held: boolean; doneBytes: number; flows: Set<Flow>; at?: TunnelListen }>();
+  const channels = new Map<string, { held: boolean; doneBytes: number; flows: Set<Flow>; guardTail: number; at?: TunnelListen }>();
   const servers: Array<{ server: net.Server; path?: string }> = [];
   const sockets = new Set<net.Socket>();
   const track = tracker(sockets);
@@ -265,7 +310,7 @@ export async function startTunnelClient(opts: {
         ch.flows.delete(up);
         ch.doneBytes += up.bytes;
         log(`tunnel ${channel}: closed, ${up.bytes} bytes sent, ${down.bytes} bytes received${failure(local, remote)}`);
-      }));
+      }, () => ch.guardTail));
     });
   };
 
@@ -281,6 +326,11 @@ export async function startTunnelClient(opts: {
       ch.held = false;
       ch.flows.forEach((f) => f.resume());
     },
+    releaseTail(channel) {
+      const ch = need(channel);
+      ch.guardTail = 0;
+      ch.flows.forEach((f) => f.flushTail());
+    },
     bytesSent: (channel) => [...need(channel).flows].reduce((n, f) => n + f.bytes, need(channel).doneBytes),
     listenAddress: (channel) => need(channel).at!,
     async close() {
@@ -294,7 +344,7 @@ export async function startTunnelClient(opts: {
   try {
     for (const { channel, listen: where } of opts.listeners) {
       if (channels.has(channel)) fail(ErrorTypes.BadInput, `tunnel channel ${JSON.stringify(channel)} is listed twice`);
-      channels.set(channel, { held: false, doneBytes: 0, flows: new Set() });
+      channels.set(channel, { held: false, doneBytes: 0, flows: new Set(), guardTail: opts.listeners.find((l) => l.channel === channel)?.guardTail ?? 0 });
       const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true }, (s) => accept(channel, s));
       if (where.kind === 'unix') await removeStaleSocket(where.path);
       await listen(server, where, `tunnel channel ${channel}`);

@@ -194,6 +194,25 @@ describe('stream tunnel', () => {
     expect(c.bytesSent('mem')).toBe(payload.length);
   });
 
+  it('guards a tail: the last bytes and the end never reach the target until releaseTail, then all of it does, intact', async () => {
+    const sink = await target('tcp', 'sink');
+    const server = await tunnel({ mem: sink.at });
+    const guard = 1 * MiB;
+    const c = await client({ endpoint: server.endpoint, listeners: [{ channel: 'mem', listen: { kind: 'tcp', host: '127.0.0.1', port: 0 }, guardTail: guard }] });
+    const payload = randomBytes(8 * MiB + 12345);
+    let ended = false;
+    void sink.received.then(() => (ended = true));
+    const mem = exchange(connectLocal(c, 'mem'), payload);
+    await mem.sent; // the local client has written everything and ended
+    await until(() => sink.bytes === payload.length - guard);
+    await sleep(300);
+    expect(sink.bytes, 'the guarded tail stays back').toBe(payload.length - guard);
+    expect(ended, 'and so does the end').toBe(false);
+    c.releaseTail('mem');
+    expect(sha(await sink.received)).toBe(sha(payload));
+    await mem.back;
+  });
+
   it('fails the connection when the server certificate is not the pinned one', async () => {
     const echo = await target('tcp', 'echo');
     const log: string[] = [];

@@ -287,7 +287,8 @@ export class LibvirtDriver implements HypervisorDriver {
   /** A disk of a source QEMU that has inactivated it: the file itself (qcow2 through a read-only qemu-nbd). */
   private async openStoppedDisk(spec: InstanceSpec, d: DiskSpec): Promise<BlockSource> {
     if (d.format === 'raw') return openFileSource(d.path);
-    const image = await serveImage({ path: d.path, format: 'qcow2', socketPath: join(this.dir(spec), `stopped-${d.vdev}.nbd`), writable: false });
+    // The stopped QEMU still holds the image's lock, but has flushed and inactivated it.
+    const image = await serveImage({ path: d.path, format: 'qcow2', socketPath: join(this.dir(spec), `stopped-${d.vdev}.nbd`), writable: false, forceShare: true });
     const src = await NbdBlockSource.open(image.socketPath, image.exportName).catch(async (e: unknown) => {
       await image.stop();
       throw e;

@@ -172,17 +172,20 @@ export async function migrateUntilPaused(virsh: Virsh, domain: string, memoryUri
       rateBytesPerSec: rate,
     });
     if (info.status === 'failed') throw memoryError(`memory migration of ${domain} failed: ${info['error-desc'] ?? 'no reason given'}`);
-    if (info.status === 'pre-switchover' || info.status === 'device' || info.status === 'completed') {
-      // QEMU switched over by itself (a guest idle enough for a pass to leave nothing to send).
-      // The tail guard keeps its last section from the destination, so the source QEMU waits,
-      // stopped; its disks are inactive now, so the final round reads the files whole
-      // (sourceStoppedItself). Nothing is lost, only that round is longer.
+    if (info.status === 'pre-switchover' || info.status === 'device') {
+      // QEMU is switching over by itself (a guest idle enough for a pass to leave nothing to
+      // send). Let it finish sending: the tail guard keeps its last section (EOF) from the
+      // destination, which cannot complete. Once QEMU says `completed` it has flushed and
+      // inactivated the disks, and the final round reads the files whole.
+      m.pausedAt ??= Date.now();
+      m.remainingAtPause ??= info.ram?.remaining ?? 0;
+      continue;
+    }
+    if (info.status === 'completed') {
       m.pausing ??= (async () => {
-        await m.tunnel.hold('memory');
-        m.pausedAt = Date.now();
-        m.remainingAtPause = info.ram?.remaining ?? 0;
+        m.pausedAt ??= Date.now();
         m.selfStopped = true;
-        o.log?.(`libvirt: QEMU stopped ${domain} for the switchover by itself; its last section is held`);
+        o.log?.(`libvirt: QEMU switched ${domain} over by itself; its last section is held, the final round reads the stopped disks whole`);
       })();
       await m.pausing;
       return;

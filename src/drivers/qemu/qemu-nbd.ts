@@ -18,6 +18,11 @@ export interface ServeImageOptions {
   format: ImageFormat;
   socketPath: string;
   writable: boolean;
+  /**
+   * Read-only only: open the image although another process holds its lock (`--force-share`).
+   * For an image whose QEMU has stopped and inactivated it (flushed, writes nothing more).
+   */
+  forceShare?: boolean;
   /** Default: `${socketPath}.pid`. */
   pidFile?: string;
   /** qemu-nbd's stdout and stderr. Default: `${socketPath}.log`. */
@@ -103,6 +108,7 @@ export async function serveImage(o: ServeImageOptions): Promise<ServedImage> {
     // already sends zeros as WRITE_ZEROES, so scanning every write would only cost CPU).
     '--discard=unmap',
     ...(o.writable ? [] : ['--read-only']),
+    ...(o.forceShare && !o.writable ? ['--force-share'] : []),
     '--',
     image,
   ];

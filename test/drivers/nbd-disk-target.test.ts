@@ -263,4 +263,21 @@ setInterval(() => {}, 1000);
       await src.close();
     }
   });
+
+  it('serves a locked image read-only with forceShare (a stopped QEMU still holding it), and not without', async () => {
+    const image = await qcow2('locked.qcow2');
+    const w = await open(await serve(image, true, 'lw')); // holds the image's write lock
+    await w.write(0, Buffer.alloc(4096, 7));
+    await w.datasync();
+    const refused = await errorOf(serveImage({ path: image, format: 'qcow2', socketPath: join(tmp, 'lr.sock'), writable: false }));
+    expect(refused.message).toMatch(/lock/);
+    const shared = await serveImage({ path: image, format: 'qcow2', socketPath: join(tmp, 'ls.sock'), writable: false, forceShare: true });
+    servers.push(shared);
+    const src = await NbdBlockSource.open(shared.socketPath, '');
+    try {
+      expect((await src.read(0, 4096)).equals(Buffer.alloc(4096, 7))).toBe(true);
+    } finally {
+      await src.close();
+    }
+  });
 });

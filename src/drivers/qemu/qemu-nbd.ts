@@ -89,9 +89,12 @@ export async function serveImage(o: ServeImageOptions): Promise<ServedImage> {
   }
   // A stale socket left by a killed server: removed so the readiness probe can only reach ours.
   await rm(socketPath, { force: true });
+  // Unlocked (qemu-nbd 7.2 has no --force-share): the image as options, its file's locking off.
+  // Commas are doubled, QEMU's escape inside an option string.
+  const unlocked = o.forceShare === true && !o.writable;
   const args = [
     // Always explicit: probing would let a guest that writes a qcow2 header into a raw disk turn it into a qcow2 image.
-    `--format=${o.format}`,
+    ...(unlocked ? ['--image-opts'] : [`--format=${o.format}`]),
     `--socket=${socketPath}`,
     `--pid-file=${pidFile}`,
     // Without --persistent qemu-nbd exits when its first client disconnects (our readiness probe,
@@ -108,9 +111,8 @@ export async function serveImage(o: ServeImageOptions): Promise<ServedImage> {
     // already sends zeros as WRITE_ZEROES, so scanning every write would only cost CPU).
     '--discard=unmap',
     ...(o.writable ? [] : ['--read-only']),
-    ...(o.forceShare && !o.writable ? ['--force-share'] : []),
     '--',
-    image,
+    unlocked ? `driver=${o.format},file.driver=file,file.filename=${image.replaceAll(',', ',,')},file.locking=off` : image,
   ];
   const bin = o.qemuNbdBinary ?? DEFAULT_QEMU_NBD;
   const logFd = openSync(logFile, 'w');

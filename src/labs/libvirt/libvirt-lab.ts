@@ -24,6 +24,8 @@ export async function startLibvirtLab(opts: LabOptions = {}) {
   // The network first (the hosts' bridges live in the node namespaces), then the daemons.
   await ensureLabNetwork();
   const nodes = Object.values(labNodes);
+  // Fresh libvirtds: Ferry's per-instance state of an earlier run (one killed half-way) is stale.
+  for (const n of nodes) await rm(join(dir, 'nodes', n.name, 'libvirt'), { recursive: true, force: true });
   const hosts = await startLibvirtHosts(dir, nodes, log);
   let base: Awaited<ReturnType<typeof startQemuLab>>;
   try {

@@ -25,6 +25,7 @@ export async function startLibvirtLab(opts: LabOptions = {}) {
   await ensureLabNetwork();
   const nodes = Object.values(labNodes);
   // Fresh libvirtds: Ferry's per-instance state of an earlier run (one killed half-way) is stale.
+  await new Promise((r) => execFile('pkill', ['-KILL', '-f', `qemu-nbd .*${dir}/nodes/`], r));
   for (const n of nodes) await rm(join(dir, 'nodes', n.name, 'libvirt'), { recursive: true, force: true });
   const hosts = await startLibvirtHosts(dir, nodes, log);
   let base: Awaited<ReturnType<typeof startQemuLab>>;

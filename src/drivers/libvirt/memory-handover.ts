@@ -94,6 +94,8 @@ interface Inflight {
   /** The stream's rate once the downtime limit is set (MiB/s; the caller's cap, or unlimited). */
   bandwidthMiB: number;
   pausing?: Promise<void>;
+  /** This job's migration has been seen `active` (before that, query-migrate speaks of an older one). */
+  seenActive?: boolean;
   /** QEMU stopped the source for the switchover on its own (see migrateUntilPaused). */
   selfStopped?: boolean;
   /** The destination's libvirtd, through the tunnel. */
@@ -151,6 +153,10 @@ export async function migrateUntilPaused(virsh: Virsh, domain: string, memoryUri
       throw memoryError(`virsh migrate ${domain} failed: ${cleanError(done.stderr)}`);
     }
     const info = await qmp.execute<MigrationInfo>('query-migrate').catch(() => ({}) as MigrationInfo);
+    // Until this job's migration has been seen running, query-migrate still reports the QEMU's
+    // previous one: `completed` for a QEMU that came in by migration, `failed` after an abort.
+    if (info.status === 'active') m.seenActive = true;
+    if (!m.seenActive) continue;
     if (info.status === 'active' && !limited) {
       // The job started at 1 MiB/s, so QEMU cannot reach its first convergence check before the
       // 1 ms limit is in place (libvirt 9.0 takes no downtime before the job exists); only then

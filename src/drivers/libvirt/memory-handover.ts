@@ -180,12 +180,19 @@ export async function migrateUntilPaused(virsh: Virsh, domain: string, memoryUri
     if (info.status === 'failed') throw memoryError(`memory migration of ${domain} failed: ${info['error-desc'] ?? 'no reason given'}`);
     if (info.status === 'pre-switchover' || info.status === 'device') {
       // QEMU is switching over by itself (a guest idle enough for a pass to leave nothing to
-      // send). Let it finish sending: the tail guard keeps its last section (EOF) from the
-      // destination, which cannot complete. Once QEMU says `completed` it has flushed and
-      // inactivated the disks, and the final round reads the files whole.
-      m.pausedAt ??= Date.now();
-      m.remainingAtPause ??= info.ram?.remaining ?? 0;
-      continue;
+      // send): it has stopped the guest. Hold the stream at once, as Ferry's own pause does; QEMU
+      // then blocks writing its last pages before it inactivates the disks, so the final round
+      // reads them as usual. The tail guard already keeps the end from the destination; should
+      // QEMU have inactivated the disks all the same, the final round fails and the abort puts
+      // the source back.
+      m.pausing ??= (async () => {
+        await m.tunnel.hold('memory');
+        m.pausedAt = Date.now();
+        m.remainingAtPause = info.ram?.remaining ?? 0;
+        o.log?.(`libvirt: QEMU stopped ${domain} for the switchover by itself; the stream is held`);
+      })();
+      await m.pausing;
+      return;
     }
     if (info.status === 'completed') {
       m.pausing ??= (async () => {

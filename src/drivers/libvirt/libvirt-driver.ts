@@ -17,7 +17,7 @@ import { DEFAULT_GRANULARITY, ensureExport, removeExports, startTracking, stopTr
 import { exists } from '../file-exists.js';
 import { mapPath, type PathRule } from '../path-map.js';
 import { parseDomainXml, instanceSpecOf, withDiskPaths, type DomainXml } from './domain-xml.js';
-import { Virsh } from './virsh.js';
+import { Virsh, stillIncoming } from './virsh.js';
 import { checkDestinationDisks, createDestinationDisks, openDestinationTarget, removeCreatedDisks, stopQemuNbd } from './destination-disks.js';
 import { abortMigration, closeDestinationTunnel, encodeMemoryUri, migrateUntilPaused, migrationInFlight, openDestinationTunnel, releaseAndFinish, sourceStoppedItself } from './memory-handover.js';
 import { openFileSource } from '../../dataplane/file-source.js';
@@ -74,7 +74,7 @@ export class LibvirtDriver implements HypervisorDriver {
       case 'idle':
         return 'running';
       case 'paused':
-        return /incoming|starting/.test(reason) ? 'incoming' : 'paused';
+        return stillIncoming(reason) ? 'incoming' : 'paused';
       case 'absent':
         return 'absent';
       default:
@@ -177,7 +177,7 @@ export class LibvirtDriver implements HypervisorDriver {
     for (;;) {
       const { state, reason } = await this.virsh.domstate(spec.id);
       if (state === 'running') break;
-      if (state === 'paused' && !/incoming|starting/.test(reason)) {
+      if (state === 'paused' && !stillIncoming(reason)) {
         await this.virsh.run(['resume', '--domain', spec.id]);
         break;
       }
@@ -194,7 +194,7 @@ export class LibvirtDriver implements HypervisorDriver {
     if (state === 'running') throw new FerryError(ErrorTypes.DriverError, `refusing to abort ${spec.id} here: it already runs on this node`);
     // Paused but not incoming: libvirt finished the migration, so the source QEMU is gone and this
     // is the guest's only live copy. Never destroy that; the operator decides.
-    if (state === 'paused' && !/incoming|starting/.test(reason)) {
+    if (state === 'paused' && !stillIncoming(reason)) {
       throw new FerryError(ErrorTypes.DriverError, `refusing to abort ${spec.id} here: libvirt finished migrating it, it waits paused on this node (${reason || 'paused'}) and the source no longer runs it`);
     }
     await closeDestinationTunnel(spec.id);

@@ -62,6 +62,11 @@ export class Virsh {
   }
 }
 
+/** A paused domain whose reason says it is still being started or still receiving a migration. */
+export function stillIncoming(reason: string): boolean {
+  return /incoming|starting/.test(reason);
+}
+
 /** virsh prefixes every message with `error: `, and repeats some; one line for the operator. */
 export function cleanError(stderr: string): string {
   const lines = stderr
